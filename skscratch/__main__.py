@@ -1,0 +1,5 @@
+import sys
+
+from skscratch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,142 @@
+"""im2col and col2im: convolution as a gather followed by a matrix product.
+
+A KH x KW convolution reads, for every output position, a KH x KW window of every input channel.
+im2col copies those windows into the columns of a matrix, so that the convolution becomes one
+matrix product of the reshaped weight with that matrix:
+
+    cols[n, (c, i, j), (oy, ox)] = x_pad[n, c, oy*stride + i*dilation, ox*stride + j*dilation]
+
+with output size (the same formula as `torch.nn.Conv2d`)
+
+    H_out = (H + 2*padding - dilation*(KH - 1) - 1) // stride + 1
+
+col2im is the adjoint (transpose) of that gather, not its inverse: it scatters every column entry
+back to the pixel it was read from and *adds*, because with overlapping windows one pixel is read
+by several columns, and its gradient is the sum of theirs.
+
+`im2col_reference` / `col2im_reference` are the plain-NumPy versions to read; `im2col` / `col2im`
+validate their arguments and run the compiled kernels of `skscratch._kernels`, which compute the
+same thing without materialising a padded copy of the input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+from skscratch import _kernels
+from skscratch._checks import float_array, pair, positive_int
+
+IntOrPair = int | Sequence[int]
+
+
+def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    """Output length along one axis: (size + 2*padding - dilation*(kernel - 1) - 1) // stride + 1."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _geometry(x_shape, kh, kw, stride, padding, dilation):
+    """Check the window arguments and return them as pairs, with the output size."""
+    kh = positive_int("kh", kh)
+    kw = positive_int("kw", kw)
+    sh, sw = pair("stride", stride, minimum=1)
+    ph, pw = pair("padding", padding, minimum=0)
+    dh, dw = pair("dilation", dilation, minimum=1)
+    h, w = x_shape[2], x_shape[3]
+    ho = conv_output_size(h, kh, sh, ph, dh)
+    wo = conv_output_size(w, kw, sw, pw, dw)
+    if ho < 1 or wo < 1:
+        raise ValueError(
+            f"output size would be {ho}x{wo}: input {h}x{w} with padding {(ph, pw)} is smaller "
+            f"than the dilated kernel {(dh * (kh - 1) + 1, dw * (kw - 1) + 1)}"
+        )
+    return kh, kw, (sh, sw), (ph, pw), (dh, dw), (ho, wo)
+
+
+def im2col_reference(x: NDArray, kh: int, kw: int, *, stride=1, padding=0, dilation=1) -> NDArray:
+    """Plain-NumPy im2col: one strided slice of the padded input per kernel tap.
+
+    x: (N, C, H, W). Returns cols: (N, C*KH*KW, H_out*W_out), rows ordered (c, i, j).
+    """
+    x = float_array("x", x, ndim=4)
+    kh, kw, (sh, sw), (ph, pw), (dh, dw), (ho, wo) = _geometry(
+        x.shape, kh, kw, stride, padding, dilation
+    )
+    n, c = x.shape[:2]
+    x_pad = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    cols = np.empty((n, c, kh, kw, ho, wo), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            # The tap (i, j) of every window: rows i*dh, i*dh + sh, ... of the padded input.
+            y0, x0 = i * dh, j * dw
+            cols[:, :, i, j] = x_pad[:, :, y0 : y0 + sh * ho : sh, x0 : x0 + sw * wo : sw]
+    return cols.reshape(n, c * kh * kw, ho * wo)
+
+
+def col2im_reference(
+    cols: NDArray, x_shape: Sequence[int], kh: int, kw: int, *, stride=1, padding=0, dilation=1
+) -> NDArray:
+    """Plain-NumPy col2im, the adjoint of `im2col_reference`: overlapping taps add.
+
+    cols: (N, C*KH*KW, H_out*W_out). Returns dx: x_shape = (N, C, H, W).
+    """
+    cols = float_array("cols", cols, ndim=3)
+    x_shape = _checked_x_shape(x_shape)
+    kh, kw, (sh, sw), (ph, pw), (dh, dw), (ho, wo) = _geometry(
+        x_shape, kh, kw, stride, padding, dilation
+    )
+    n, c, h, w = x_shape
+    _check_cols_shape(cols, (n, c * kh * kw, ho * wo))
+    cols = cols.reshape(n, c, kh, kw, ho, wo)
+    dx_pad = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            y0, x0 = i * dh, j * dw
+            dx_pad[:, :, y0 : y0 + sh * ho : sh, x0 : x0 + sw * wo : sw] += cols[:, :, i, j]
+    return dx_pad[:, :, ph : ph + h, pw : pw + w]
+
+
+def im2col(x: NDArray, kh: int, kw: int, *, stride=1, padding=0, dilation=1) -> NDArray:
+    """im2col by the compiled kernel; the same result as `im2col_reference`, exactly.
+
+    x: (N, C, H, W). Returns cols: (N, C*KH*KW, H_out*W_out).
+    """
+    x = float_array("x", x, ndim=4)
+    kh, kw, (sh, sw), (ph, pw), (dh, dw), (ho, wo) = _geometry(
+        x.shape, kh, kw, stride, padding, dilation
+    )
+    return _kernels._im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo)
+
+
+def col2im(
+    cols: NDArray, x_shape: Sequence[int], kh: int, kw: int, *, stride=1, padding=0, dilation=1
+) -> NDArray:
+    """col2im by the compiled kernel; equal to `col2im_reference` up to rounding.
+
+    cols: (N, C*KH*KW, H_out*W_out). Returns dx: x_shape = (N, C, H, W).
+    """
+    cols = float_array("cols", cols, ndim=3)
+    x_shape = _checked_x_shape(x_shape)
+    kh, kw, (sh, sw), (ph, pw), (dh, dw), (ho, wo) = _geometry(
+        x_shape, kh, kw, stride, padding, dilation
+    )
+    n, c, h, w = x_shape
+    _check_cols_shape(cols, (n, c * kh * kw, ho * wo))
+    return _kernels._col2im(cols, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo)
+
+
+def _checked_x_shape(x_shape: Sequence[int]) -> tuple[int, int, int, int]:
+    shape = tuple(int(s) for s in x_shape)
+    if len(shape) != 4 or min(shape) < 0:
+        raise ValueError(f"x_shape must be (N, C, H, W), got {tuple(x_shape)}")
+    return shape
+
+
+def _check_cols_shape(cols: NDArray, expected: tuple[int, int, int]) -> None:
+    if cols.shape != expected:
+        raise ValueError(
+            f"cols must have shape (N, C*KH*KW, H_out*W_out) = {expected} for this x_shape and "
+            f"kernel, got {cols.shape}"
+        )
