@@ -47,7 +47,7 @@ class BranchSoftmaxCache(NamedTuple):
 
 
 def branch_softmax_forward(logits: NDArray) -> tuple[NDArray, BranchSoftmaxCache]:
-    """Softmax over the branch axis. logits: (N, M, C). Returns a: (N, M, C), summing to 1 over M."""
+    """Softmax over the branch axis. logits: (N, M, C). Returns a: (N, M, C), sums 1 over M."""
     z = float_array("logits", logits, ndim=3)
     e = np.exp(z - z.max(axis=1, keepdims=True))
     a = e / e.sum(axis=1, keepdims=True)

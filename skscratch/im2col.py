@@ -33,7 +33,7 @@ IntOrPair = int | Sequence[int]
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
-    """Output length along one axis: (size + 2*padding - dilation*(kernel - 1) - 1) // stride + 1."""
+    """Output length on one axis: (size + 2*padding - dilation*(kernel - 1) - 1) // stride + 1."""
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
