@@ -13,12 +13,13 @@ def _gradcheck(args: argparse.Namespace) -> int:
 
     rows = check_all_operations(seed=args.seed)
     width = max(len(op) for op, _, _ in rows)
-    print(f"{'operation':<{width}}  {'input':<8}  {'max rel error':>13}  result")
+    name_width = max(len(name) for _, name, _ in rows)
+    print(f"{'operation':<{width}}  {'input':<{name_width}}  {'max rel error':>13}  result")
     failed = 0
     for op, name, err in rows:
         ok = err < args.tolerance
         failed += not ok
-        print(f"{op:<{width}}  {name:<8}  {err:13.2e}  {'pass' if ok else 'FAIL'}")
+        print(f"{op:<{width}}  {name:<{name_width}}  {err:13.2e}  {'pass' if ok else 'FAIL'}")
     print(f"\n{len(rows) - failed} of {len(rows)} gradients within {args.tolerance:g} (float64)")
     return 1 if failed else 0
 

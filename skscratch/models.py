@@ -1,0 +1,191 @@
+"""The SK bottleneck block and a small SK-ResNeXt for CIFAR (32 x 32 x 3 -> 10 classes).
+
+Block (SKNet's, with the SK unit in place of ResNeXt's grouped 3x3 convolution):
+
+    x -> 1x1 conv -> BN -> ReLU -> SK unit (stride) -> 1x1 conv -> BN --(+)--> ReLU -> y
+    x -> identity, or 1x1 conv (stride) -> BN when the shape changes ---^
+
+Network: 3x3 stem conv -> BN -> ReLU, three stages of blocks (the first block of stages 2 and 3
+has stride 2), global average pool, a fully connected classifier.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from skscratch.conv import ConvCache
+from skscratch.nn import (
+    BatchNorm,
+    Conv2d,
+    GlobalAvgPool,
+    Linear,
+    Module,
+    ReLU,
+    Sequential,
+    SKUnit,
+)
+
+
+class SKBottleneck(Module):
+    def __init__(
+        self,
+        c_in: int,
+        c_mid: int,
+        c_out: int,
+        *,
+        stride: int = 1,
+        branches: int = 2,
+        groups: int = 32,
+        r: int = 16,
+        L: int = 32,
+        rng: np.random.Generator,
+    ):
+        super().__init__()
+        ch = self.children
+        ch["conv1"] = Conv2d(c_in, c_mid, 1, rng=rng)
+        ch["bn1"] = BatchNorm(c_mid)
+        ch["relu1"] = ReLU()
+        ch["sk"] = SKUnit(c_mid, stride=stride, branches=branches, groups=groups, r=r, L=L, rng=rng)
+        ch["conv3"] = Conv2d(c_mid, c_out, 1, rng=rng)
+        ch["bn3"] = BatchNorm(c_out)
+        # The last BN starts at zero, so every block starts as the identity on its shortcut
+        # (Goyal et al. 2017, "Accurate, Large Minibatch SGD"): deep nets train from the start.
+        ch["bn3"].params["weight"].data[:] = 0
+        if stride != 1 or c_in != c_out:
+            ch["shortcut"] = Sequential(
+                Conv2d(c_in, c_out, 1, stride=stride, rng=rng), BatchNorm(c_out)
+            )
+        ch["relu"] = ReLU()
+        self._residual = ("conv1", "bn1", "relu1", "sk", "conv3", "bn3")
+
+    def forward(self, x):
+        out = x
+        for name in self._residual:
+            out = self.children[name].forward(out)
+        shortcut = self.children["shortcut"].forward(x) if "shortcut" in self.children else x
+        return self.children["relu"].forward(out + shortcut)
+
+    def backward(self, dout):
+        d = self.children["relu"].backward(dout)
+        # The sum sends the same gradient down both paths; their gradients of x add.
+        dx = d
+        for name in reversed(self._residual):
+            dx = self.children[name].backward(dx)
+        if "shortcut" in self.children:
+            return dx + self.children["shortcut"].backward(d)
+        return dx + d
+
+
+@dataclass(frozen=True)
+class SKNetConfig:
+    """The shape of an SK-ResNeXt. Stage i has depths[i] blocks of SK width mids[i] and output
+    width outs[i]; stages 2 and 3 start with stride 2."""
+
+    stem: int = 32
+    depths: tuple[int, ...] = (1, 1, 1)
+    mids: tuple[int, ...] = (32, 64, 128)
+    outs: tuple[int, ...] = (64, 128, 256)
+    branches: int = 2
+    groups: int = 8
+    r: int = 16
+    L: int = 32
+    num_classes: int = 10
+    strides: tuple[int, ...] = field(default=(1, 2, 2))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SKNetConfig:
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown model configuration keys: {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+# The 535 k-parameter network that the benchmarks compare with PyTorch.
+BENCH_535K = SKNetConfig(
+    stem=64, depths=(1, 1, 1), mids=(64, 128, 256), outs=(128, 256, 512), groups=32
+)
+
+
+class SKResNeXt(Module):
+    def __init__(self, config: SKNetConfig = SKNetConfig(), *, seed: int = 0):
+        super().__init__()
+        n = len(config.depths)
+        if not (len(config.mids) == len(config.outs) == len(config.strides) == n):
+            raise ValueError("depths, mids, outs and strides must have one entry per stage")
+        self.config = config
+        rng = np.random.default_rng(seed)
+        self.children["stem"] = Sequential(
+            Conv2d(3, config.stem, 3, padding=1, rng=rng), BatchNorm(config.stem), ReLU()
+        )
+        stages, c_in = [], config.stem
+        for depth, mid, out, stride in zip(
+            config.depths, config.mids, config.outs, config.strides, strict=True
+        ):
+            blocks = []
+            for j in range(depth):
+                blocks.append(
+                    SKBottleneck(
+                        c_in,
+                        mid,
+                        out,
+                        stride=stride if j == 0 else 1,
+                        branches=config.branches,
+                        groups=config.groups,
+                        r=config.r,
+                        L=config.L,
+                        rng=rng,
+                    )
+                )
+                c_in = out
+            stages.append(Sequential(*blocks))
+        self.children["stages"] = Sequential(*stages)
+        self.children["pool"] = GlobalAvgPool()
+        self.children["fc"] = Linear(c_in, config.num_classes, rng=rng)
+        self._order = ("stem", "stages", "pool", "fc")
+
+    def forward(self, x):
+        for name in self._order:
+            x = self.children[name].forward(x)
+        return x
+
+    def backward(self, dout):
+        for name in reversed(self._order):
+            dout = self.children[name].backward(dout)
+        return dout
+
+    def sk_units(self) -> list[tuple[str, SKUnit]]:
+        """(name, unit) of every SK unit, in order of depth."""
+        return [(name.rstrip("."), m) for name, m in self.named_modules() if isinstance(m, SKUnit)]
+
+
+def _conv_macs(cache: ConvCache) -> int:
+    c_out, c_in_g, kh, kw = cache.w.shape
+    n, length = cache.x_shape[0], cache.cols.shape[-1]
+    return c_out * c_in_g * kh * kw * length * n
+
+
+def count_macs(model: Module, input_shape: tuple[int, ...] = (1, 3, 32, 32)) -> int:
+    """Multiply-adds of one forward pass per image, of convolutions and FC layers (element-wise
+    operations such as batch norm, ReLU and the softmax are not counted)."""
+    training = model.training
+    model.eval()
+    x = np.zeros(input_shape, dtype=np.float32)
+    model.forward(x)
+    total = 0
+    for _, m in model.named_modules():
+        if isinstance(m, Conv2d):
+            total += _conv_macs(m._cache)
+        elif isinstance(m, Linear):
+            total += m.params["weight"].data.size * input_shape[0]
+        elif isinstance(m, SKUnit):
+            total += sum(_conv_macs(caches[0]) for caches in m._cache.branch_caches)
+            total += (
+                m.params["fc.weight"].data.size + m.params["select.weight"].data.size
+            ) * input_shape[0]
+    model.train(training)
+    return total // input_shape[0]

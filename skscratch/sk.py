@@ -1,0 +1,201 @@
+"""The Selective Kernel unit (Li, Wang, Hu, Yang, CVPR 2019): Split, Fuse, Select.
+
+Input X: (N, C, H, W). M branches, G groups, reduction r, floor L; d = max(C // r, L).
+
+    Split   U_m = ReLU(BN_m(conv_m(X)))     m = 1..M: grouped 3x3 conv, dilation m, padding m,
+                                            the unit's stride; each U_m is (N, C, H', W')
+    Fuse    U = U_1 + ... + U_M
+            s = global average pool of U    (N, C)
+            z = ReLU(BN_fc(s @ W_fc.T))     (N, d),  W_fc: (d, C)
+    Select  logits = z @ W_sel.T            (N, M*C) viewed as (N, M, C),  W_sel: (M*C, d)
+            a = softmax over M              a[n, :, c] sums to 1
+            V = sum_m a_m * U_m             a_m broadcast over H' x W'
+
+The backward pass below undoes these steps in reverse. The one subtle point is that every U_m
+reaches the output twice: directly, weighted by a_m, and through the fused statistics s (which
+decide a). Its gradient is the sum of the two paths.
+
+Parameter keys (a PyTorch module tree would name them the same way):
+
+    convs.{m}.weight                                   (C, C // G, 3, 3)
+    bns.{m}.weight, bns.{m}.bias                       (C,)
+    fc.weight                                          (d, C)
+    fc_bn.weight, fc_bn.bias                           (d,)
+    select.weight                                      (M*C, d)
+
+and the batch-norm running statistics `bns.{m}.running_mean`, `bns.{m}.running_var`,
+`fc_bn.running_mean`, `fc_bn.running_var`, which the forward reads from `params` and returns,
+updated, in `cache.running_stats`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from numpy.typing import NDArray
+
+from skscratch._checks import float_array, positive_int
+from skscratch.activations import (
+    branch_softmax_backward,
+    branch_softmax_forward,
+    relu_backward,
+    relu_forward,
+)
+from skscratch.batchnorm import batchnorm_backward, batchnorm_forward
+from skscratch.conv import conv2d_backward, conv2d_forward
+from skscratch.linear import linear_backward, linear_forward
+from skscratch.pooling import global_avg_pool_backward, global_avg_pool_forward
+
+BN_STATS = ("running_mean", "running_var")
+
+
+def sk_hidden_size(channels: int, r: int = 16, L: int = 32) -> int:
+    """d = max(C / r, L): the width of the fused vector z."""
+    return max(channels // r, L)
+
+
+def sk_param_shapes(
+    channels: int, *, branches: int = 2, groups: int = 32, r: int = 16, L: int = 32
+) -> dict[str, tuple[int, ...]]:
+    """The keys and shapes of an SK unit's parameters and running statistics."""
+    c, d = channels, sk_hidden_size(channels, r, L)
+    if c % groups:
+        raise ValueError(f"channels ({c}) must be divisible by groups ({groups})")
+    shapes: dict[str, tuple[int, ...]] = {}
+    for m in range(branches):
+        shapes[f"convs.{m}.weight"] = (c, c // groups, 3, 3)
+        for key in ("weight", "bias", *BN_STATS):
+            shapes[f"bns.{m}.{key}"] = (c,)
+    shapes["fc.weight"] = (d, c)
+    for key in ("weight", "bias", *BN_STATS):
+        shapes[f"fc_bn.{key}"] = (d,)
+    shapes["select.weight"] = (branches * c, d)
+    return shapes
+
+
+def _bn_params(params: dict[str, NDArray], prefix: str) -> list[NDArray]:
+    return [params[f"{prefix}.{k}"] for k in ("weight", "bias", *BN_STATS)]
+
+
+class SKCache(NamedTuple):
+    branch_caches: list[tuple]  # per branch: (conv, bn, relu) caches
+    branches: list[NDArray]  # U_m, each (N, C, H', W')
+    pool_cache: tuple
+    fc_cache: tuple
+    fc_bn_cache: tuple
+    fc_relu_cache: tuple
+    select_cache: tuple
+    softmax_cache: tuple
+    a: NDArray  # (N, M, C): the attention of each branch, per image and channel
+    running_stats: dict[str, NDArray]  # updated batch-norm running statistics
+
+
+def sk_unit_forward(
+    x: NDArray,
+    params: dict[str, NDArray],
+    *,
+    stride: int = 1,
+    groups: int = 32,
+    training: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> tuple[NDArray, SKCache]:
+    """SK unit forward. x: (N, C, H, W); params: the keys of `sk_param_shapes`.
+
+    The number of branches M is read from the params (convs.0 .. convs.{M-1}).
+    Returns V: (N, C, H', W') with H' = (H - 1) // stride + 1, and the cache, whose field `a`
+    holds the attention (N, M, C) and `running_stats` the updated batch-norm statistics.
+    """
+    x = float_array("x", x, ndim=4)
+    groups = positive_int("groups", groups)
+    n_branches = sum(1 for k in params if k.startswith("convs.") and k.endswith(".weight"))
+    if n_branches < 1:
+        raise ValueError("params must hold at least one branch weight, 'convs.0.weight'")
+    bn = dict(training=training, momentum=momentum, eps=eps)
+    stats: dict[str, NDArray] = {}
+
+    # Split: branch m is a 3x3 conv with dilation m + 1 (and as much padding, keeping the size).
+    branches, branch_caches = [], []
+    for m in range(n_branches):
+        dilation = m + 1
+        u, conv_cache = conv2d_forward(
+            x,
+            params[f"convs.{m}.weight"],
+            stride=stride,
+            padding=dilation,
+            dilation=dilation,
+            groups=groups,
+        )
+        u, stats[f"bns.{m}.running_mean"], stats[f"bns.{m}.running_var"], bn_cache = (
+            batchnorm_forward(u, *_bn_params(params, f"bns.{m}"), **bn)
+        )
+        u, relu_cache = relu_forward(u)
+        branches.append(u)
+        branch_caches.append((conv_cache, bn_cache, relu_cache))
+
+    # Fuse: one descriptor per channel from the sum of the branches, squeezed to d values.
+    u_sum = np.sum(branches, axis=0)
+    s, pool_cache = global_avg_pool_forward(u_sum)  # (N, C)
+    z, fc_cache = linear_forward(s, params["fc.weight"])  # (N, d)
+    z, stats["fc_bn.running_mean"], stats["fc_bn.running_var"], fc_bn_cache = batchnorm_forward(
+        z, *_bn_params(params, "fc_bn"), **bn
+    )
+    z, fc_relu_cache = relu_forward(z)
+
+    # Select: M logits per channel, a softmax across the branches, a weighted sum.
+    logits, select_cache = linear_forward(z, params["select.weight"])  # (N, M*C)
+    n, c = s.shape
+    a, softmax_cache = branch_softmax_forward(logits.reshape(n, n_branches, c))  # (N, M, C)
+    v = np.zeros_like(branches[0])
+    for m, u in enumerate(branches):
+        v += a[:, m, :, None, None] * u
+
+    cache = SKCache(
+        branch_caches,
+        branches,
+        pool_cache,
+        fc_cache,
+        fc_bn_cache,
+        fc_relu_cache,
+        select_cache,
+        softmax_cache,
+        a,
+        stats,
+    )
+    return v, cache
+
+
+def sk_unit_backward(dout: NDArray, cache: SKCache) -> tuple[NDArray, dict[str, NDArray]]:
+    """SK unit backward. dout: (N, C, H', W'). Returns dx: (N, C, H, W) and grads, a dict with the
+    keys of the parameters (not the running statistics)."""
+    dout = float_array("dout", dout, ndim=4)
+    branches, a = cache.branches, cache.a
+    if dout.shape != branches[0].shape:
+        raise ValueError(f"dout must have shape {branches[0].shape}, got {dout.shape}")
+    n_branches = len(branches)
+    grads: dict[str, NDArray] = {}
+
+    # Select, backwards: V = sum_m a_m U_m gives dU_m = a_m dV and da_m = sum_{h,w} dV * U_m.
+    da = np.stack([(dout * u).sum(axis=(2, 3)) for u in branches], axis=1)  # (N, M, C)
+    dbranches = [a[:, m, :, None, None] * dout for m in range(n_branches)]
+    dlogits = branch_softmax_backward(da, cache.softmax_cache)
+    n, _, c = dlogits.shape
+    dz, grads["select.weight"], _ = linear_backward(
+        dlogits.reshape(n, n_branches * c), cache.select_cache
+    )
+
+    # Fuse, backwards: through ReLU, BN, the FC and the pooling to dU, which every U_m shares.
+    dz = relu_backward(dz, cache.fc_relu_cache)
+    dz, grads["fc_bn.weight"], grads["fc_bn.bias"] = batchnorm_backward(dz, cache.fc_bn_cache)
+    ds, grads["fc.weight"], _ = linear_backward(dz, cache.fc_cache)
+    du_sum = global_avg_pool_backward(ds, cache.pool_cache)
+
+    # Split, backwards: each branch's two gradient paths add, then its ReLU, BN and conv.
+    dx = None
+    for m, (conv_cache, bn_cache, relu_cache) in enumerate(cache.branch_caches):
+        du = relu_backward(dbranches[m] + du_sum, relu_cache)
+        du, grads[f"bns.{m}.weight"], grads[f"bns.{m}.bias"] = batchnorm_backward(du, bn_cache)
+        dx_m, grads[f"convs.{m}.weight"], _ = conv2d_backward(du, conv_cache)
+        dx = dx_m if dx is None else dx + dx_m
+    return dx, grads
