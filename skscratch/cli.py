@@ -24,6 +24,85 @@ def _gradcheck(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from skscratch.data import load_cifar10
+    from skscratch.models import PRESETS, SKResNeXt, count_macs
+    from skscratch.train import TrainConfig, run_training
+
+    config = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_epochs=args.warmup,
+        schedule=args.schedule,
+        seed=args.seed,
+        subset=args.subset,
+        test_subset=args.test_subset,
+        augment=not args.no_augment,
+    )
+    data = load_cifar10(args.data)
+    model_config = PRESETS[args.model]
+    if not args.resume:
+        model = SKResNeXt(model_config)
+        print(
+            f"model {args.model}: {model.num_parameters():,} parameters, "
+            f"{count_macs(model) / 1e6:.1f} M multiply-adds per image"
+        )
+    try:
+        history = run_training(
+            data,
+            args.out,
+            model_config=model_config,
+            config=config,
+            resume=args.resume,
+            progress=not args.quiet,
+        )
+    except KeyboardInterrupt:
+        print(f"stopped; continue with: skscratch train --out {args.out} --resume")
+        return 130
+    best = max(h["test_accuracy"] for h in history)
+    print(
+        f"done: final test accuracy {history[-1]['test_accuracy']:.4f} (best {best:.4f}); "
+        f"results in {args.out}"
+    )
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from skscratch.data import load_cifar10
+    from skscratch.train import evaluate, load_model
+
+    model, meta = load_model(args.checkpoint)
+    data = load_cifar10(args.data)
+    norm = meta["normalization"]
+    mean, std = (np.array(norm[k], dtype=np.float32) for k in ("mean", "std"))
+    result = evaluate(model, data.x_test, data.y_test, mean, std)
+    print(
+        f"test accuracy {result['accuracy']:.4f} on {len(data.y_test)} images "
+        f"(loss {result['loss']:.4f})"
+    )
+    for name, acc in zip(data.label_names, result["per_class_accuracy"], strict=True):
+        print(f"  {name:<12} {acc:.4f}")
+    return 0
+
+
+def _positive(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+def _positive_float(value: str) -> float:
+    x = float(value)
+    if not x > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return x
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="skscratch", description="Selective Kernel Networks from scratch in NumPy."
@@ -40,12 +119,79 @@ def build_parser() -> argparse.ArgumentParser:
         "--tolerance", type=float, default=TOLERANCE, help="largest relative error that passes"
     )
     p.set_defaults(run=_gradcheck)
+
+    from skscratch.models import PRESETS
+
+    p = commands.add_parser(
+        "train",
+        help="train an SK-ResNeXt on CIFAR-10",
+        description="Train an SK-ResNeXt on CIFAR-10 with SGD (Nesterov momentum, weight decay) "
+        "and a warm-up + one-cycle or cosine schedule. Writes checkpoint.npz (after every "
+        "epoch, and on Ctrl-C), metrics.jsonl and curves.png to --out.",
+    )
+    p.add_argument(
+        "--data",
+        help="cifar-10-python.tar.gz or its folder (default: "
+        "$SKSCRATCH_DATA, then ~/.cache/skscratch, then download)",
+    )
+    p.add_argument("--out", default="runs/sknet", help="output folder (default: %(default)s)")
+    p.add_argument(
+        "--model",
+        choices=sorted(PRESETS),
+        default="default",
+        help="network configuration (default: %(default)s)",
+    )
+    p.add_argument("--epochs", type=_positive, default=30, help="default: %(default)s")
+    p.add_argument("--batch-size", type=_positive, default=128, help="default: %(default)s")
+    p.add_argument(
+        "--lr", type=_positive_float, default=0.1, help="peak learning rate (default: %(default)s)"
+    )
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="default: %(default)s")
+    p.add_argument(
+        "--warmup", type=float, default=1.0, help="warm-up length in epochs (default: %(default)s)"
+    )
+    p.add_argument(
+        "--schedule",
+        choices=("onecycle", "cosine"),
+        default="onecycle",
+        help="decay after warm-up (default: %(default)s)",
+    )
+    p.add_argument("--subset", type=_positive, help="train on the first N training images")
+    p.add_argument("--test-subset", type=_positive, help="evaluate on the first N test images")
+    p.add_argument("--no-augment", action="store_true", help="no random crops and flips")
+    p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its checkpoint (its settings win)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=_train)
+
+    p = commands.add_parser(
+        "evaluate",
+        help="test accuracy of a checkpoint",
+        description="Print the test accuracy of a checkpoint, overall and per class.",
+    )
+    p.add_argument("checkpoint", help="a checkpoint.npz written by skscratch train")
+    p.add_argument("--data", help="cifar-10-python.tar.gz or its folder")
+    p.set_defaults(run=_evaluate)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.run(args)
+    from skscratch.checkpoint import CheckpointError
+    from skscratch.data import DataError
+    from skscratch.train import TrainingError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (DataError, CheckpointError, TrainingError, ValueError) as exc:
+        # Errors that the user can fix: one line, no traceback.
+        print(f"skscratch {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -110,6 +110,14 @@ BENCH_535K = SKNetConfig(
     stem=64, depths=(1, 1, 1), mids=(64, 128, 256), outs=(128, 256, 512), groups=32
 )
 
+# Named configurations for the command line (`--model`).
+PRESETS = {
+    "default": SKNetConfig(),
+    "bench535k": BENCH_535K,
+    # Small enough to train in seconds: for tests and quick trials.
+    "tiny": SKNetConfig(stem=8, mids=(8, 16, 16), outs=(16, 32, 32), groups=4, L=8),
+}
+
 
 class SKResNeXt(Module):
     def __init__(self, config: SKNetConfig = SKNetConfig(), *, seed: int = 0):
