@@ -61,3 +61,134 @@ def _col2im(cols, n_ch, h, w, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo):
                     for ox in range(ox_lo, ox_hi):
                         dx[n, c, iy, ox * sw + j * dw - pw] += cols[n, row, oy * wo + ox]
     return dx
+
+
+# -- direct grouped convolution, stride 1 --------------------------------------------------------
+#
+# For stride 1, treat each zero-padded input plane (HP x WP) as one flat row. The output pixel
+# (oy, ox), computed on the padded width, sits at k = oy * WP + ox, and its tap (i, j) reads the
+# flat input at k + i*dh*WP + j*dw. So every tap is one long contiguous multiply-add over the
+# whole plane, which LLVM turns into SIMD FMAs. The WP - WO extra columns per row are computed
+# and then dropped; the flat buffers carry (KW - 1) * dw zeros at the end so that the last
+# rows' extra columns read zeros rather than past the end.
+
+
+@njit(cache=True, parallel=True)
+def _pad_flat(x, ph, pw, extra):
+    """(N, C, H, W) -> (N, C, (H + 2ph) * (W + 2pw) + extra): zero-padded planes, flattened."""
+    n_img, n_ch, h, w = x.shape
+    wp = w + 2 * pw
+    size = (h + 2 * ph) * wp
+    out = np.zeros((n_img, n_ch, size + extra), dtype=x.dtype)
+    for nc in prange(n_img * n_ch):
+        n = nc // n_ch
+        c = nc % n_ch
+        for y in range(h):
+            row = out[n, c, (y + ph) * wp + pw : (y + ph) * wp + pw + w]
+            src = x[n, c, y]
+            for k in range(w):
+                row[k] = src[k]
+    return out
+
+
+@njit(cache=True, parallel=True)
+def _spread_rows(dout, wp, extra):
+    """(N, C, HO, WO) -> (N, C, HO * WP + extra): rows laid out at the padded width, the extra
+    columns zero, so that the backward taps can run over whole flat planes too."""
+    n_img, n_ch, ho, wo = dout.shape
+    out = np.zeros((n_img, n_ch, ho * wp + extra), dtype=dout.dtype)
+    for nc in prange(n_img * n_ch):
+        n = nc // n_ch
+        c = nc % n_ch
+        for y in range(ho):
+            row = out[n, c, y * wp : y * wp + wo]
+            src = dout[n, c, y]
+            for k in range(wo):
+                row[k] = src[k]
+    return out
+
+
+@njit(cache=True, parallel=True)
+def _conv_direct_forward(xpad, w, groups, ho, wo, wp, dh, dw):
+    """out[n, co] = sum over the group's ci and taps of w[co, ci, i, j] * shifted xpad[n, ci]."""
+    n_img = xpad.shape[0]
+    c_out, c_in_g, kh, kw = w.shape
+    c_out_g = c_out // groups
+    length = ho * wp
+    out = np.empty((n_img, c_out, ho, wo), dtype=xpad.dtype)
+    for ng in prange(n_img * groups):
+        n = ng // groups
+        g = ng % groups
+        acc = np.empty(length, dtype=xpad.dtype)
+        for co in range(g * c_out_g, (g + 1) * c_out_g):
+            acc[:] = 0
+            for ci in range(c_in_g):
+                plane = xpad[n, g * c_in_g + ci]
+                for i in range(kh):
+                    for j in range(kw):
+                        wv = w[co, ci, i, j]
+                        off = i * dh * wp + j * dw
+                        xs = plane[off : off + length]
+                        for k in range(length):
+                            acc[k] += wv * xs[k]
+            for y in range(ho):
+                out[n, co, y] = acc[y * wp : y * wp + wo]
+    return out
+
+
+@njit(cache=True, parallel=True)
+def _conv_direct_backward_data(dspread, w, groups, h, wd, ph, pw, hp, wp, dh, dw):
+    """dx[n, ci] = sum over the group's co and taps of w[co, ci, i, j] * dout[n, co] shifted back:
+    the transpose of the forward, scattering into a padded plane that is cropped at the end."""
+    n_img = dspread.shape[0]
+    c_out, c_in_g, kh, kw = w.shape
+    c_out_g = c_out // groups
+    length = dspread.shape[2] - (kw - 1) * dw  # HO * WP
+    n_ch = c_in_g * groups
+    dx = np.empty((n_img, n_ch, h, wd), dtype=dspread.dtype)
+    for ng in prange(n_img * groups):
+        n = ng // groups
+        g = ng % groups
+        acc = np.empty(hp * wp + (kw - 1) * dw, dtype=dspread.dtype)
+        for ci in range(c_in_g):
+            acc[:] = 0
+            for co in range(g * c_out_g, (g + 1) * c_out_g):
+                ds = dspread[n, co, :length]
+                for i in range(kh):
+                    for j in range(kw):
+                        wv = w[co, ci, i, j]
+                        off = i * dh * wp + j * dw
+                        target = acc[off : off + length]
+                        for k in range(length):
+                            target[k] += wv * ds[k]
+            for y in range(h):
+                dx[n, g * c_in_g + ci, y] = acc[(y + ph) * wp + pw : (y + ph) * wp + pw + wd]
+    return dx
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def _conv_direct_backward_weight(xpad, dspread, groups, kh, kw, wp, dh, dw):
+    """dw[co, ci, i, j] = sum over images and output pixels of dout[n, co] * shifted xpad[n, ci].
+    Parallel over output channels: each owns its slice of dw, the sum over n stays in-thread.
+    fastmath lets LLVM reorder the dot product's sum into SIMD lanes (rounding differs a little)."""
+    n_img, n_ch = xpad.shape[0], xpad.shape[1]
+    c_out = dspread.shape[1]
+    c_in_g = n_ch // groups
+    c_out_g = c_out // groups
+    length = dspread.shape[2] - (kw - 1) * dw
+    dwt = np.zeros((c_out, c_in_g, kh, kw), dtype=xpad.dtype)
+    for co in prange(c_out):
+        g = co // c_out_g
+        for n in range(n_img):
+            ds = dspread[n, co, :length]
+            for ci in range(c_in_g):
+                plane = xpad[n, g * c_in_g + ci]
+                for i in range(kh):
+                    for j in range(kw):
+                        off = i * dh * wp + j * dw
+                        xs = plane[off : off + length]
+                        s = dspread.dtype.type(0)
+                        for k in range(length):
+                            s += ds[k] * xs[k]
+                        dwt[co, ci, i, j] += s
+    return dwt

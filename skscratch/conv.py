@@ -12,28 +12,67 @@ only see group g's inputs. Backward is the same product read the other way:
     dcols[n,g] = W[g].T @ dout[n, g]
     dx         = col2im(dcols)                          overlapping windows add
     db         = sum of dout over n, y, x
+
+How it is computed (`method`, or the environment variable SKSCRATCH_CONV, default "auto"):
+
+- "reference": the plain-NumPy im2col_reference / col2im_reference, the version to read;
+- "im2col": the same products with the compiled im2col / col2im kernels;
+- "direct": compiled kernels that convolve without im2col (stride 1 only). When a group has
+  only a few channels (the SK unit's 3x3 convolutions: 2-8 channels per group), each per-group
+  product is a sliver (2 x 18 by 18 x L) on which matrix-product libraries waste their speed,
+  and copying 9 shifted versions of the input costs more than the arithmetic;
+- "auto": "direct" for stride-1 grouped convolutions of up to 16 channels per group, else
+  "im2col".
+
+All four give the same result up to rounding; the tests check that they do.
 """
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
 
+from skscratch import _kernels
 from skscratch._checks import float_array, pair, positive_int, same_dtype, shape_is
-from skscratch.im2col import col2im, conv_output_size, im2col
+from skscratch.im2col import (
+    col2im,
+    col2im_reference,
+    conv_output_size,
+    im2col,
+    im2col_reference,
+)
+
+METHODS = ("auto", "reference", "im2col", "direct")
+# Up to this many input channels per group, "auto" convolves directly rather than by im2col.
+DIRECT_MAX_GROUP_WIDTH = 16
 
 
 class ConvCache(NamedTuple):
     x_shape: tuple[int, int, int, int]
     w: NDArray
-    cols: NDArray  # (N, G, C_in/G*KH*KW, L)
+    saved: NDArray  # im2col: the columns (N, G, C_in/G*KH*KW, L); direct: the padded input
     has_bias: bool
     stride: tuple[int, int]
     padding: tuple[int, int]
     dilation: tuple[int, int]
     groups: int
+    out_size: tuple[int, int]  # (H_out, W_out)
+    method: str
+
+
+def _choose_method(method: str | None, stride, c_in_g: int, groups: int) -> str:
+    method = method or os.environ.get("SKSCRATCH_CONV") or "auto"
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "direct" and stride != (1, 1):
+        raise ValueError(f"method 'direct' needs stride 1, got stride {stride}")
+    if method == "auto":
+        direct = stride == (1, 1) and groups > 1 and c_in_g <= DIRECT_MAX_GROUP_WIDTH
+        return "direct" if direct else "im2col"
+    return method
 
 
 def conv2d_forward(
@@ -45,11 +84,13 @@ def conv2d_forward(
     padding=0,
     dilation=1,
     groups: int = 1,
+    method: str | None = None,
 ) -> tuple[NDArray, ConvCache]:
     """Convolution of x with w, as `torch.nn.functional.conv2d`.
 
     x: (N, C_in, H, W); w: (C_out, C_in // groups, KH, KW); b: (C_out,) or None.
-    stride, padding, dilation: an int or an (h, w) pair. Returns out: (N, C_out, H_out, W_out) with
+    stride, padding, dilation: an int or an (h, w) pair. method: see the module docstring.
+    Returns out: (N, C_out, H_out, W_out) with
     H_out = (H + 2*padding - dilation*(KH - 1) - 1) // stride + 1 (and W_out likewise).
     """
     x = float_array("x", x, ndim=4)
@@ -77,16 +118,29 @@ def conv2d_forward(
         pair("dilation", dilation, 1),
     )
 
-    cols = im2col(x, kh, kw, stride=stride, padding=padding, dilation=dilation)
-    cols = cols.reshape(n, groups, c_in_g * kh * kw, -1)  # (N, G, K, L)
-    w_g = w.reshape(groups, c_out // groups, c_in_g * kh * kw)  # (G, C_out/G, K)
-    out = np.matmul(w_g, cols)  # (N, G, C_out/G, L)
+    method = _choose_method(method, stride, c_in_g, groups)
     h_out = conv_output_size(h, kh, stride[0], padding[0], dilation[0])
     w_out = conv_output_size(wd, kw, stride[1], padding[1], dilation[1])
-    out = out.reshape(n, c_out, h_out, w_out)
+    if h_out < 1 or w_out < 1:
+        raise ValueError(
+            f"output size would be {h_out}x{w_out}: input {h}x{wd} with padding {padding} is "
+            f"smaller than the dilated kernel"
+        )
+
+    if method == "direct":
+        saved, out = _direct_forward(x, w, padding, dilation, groups, (h_out, w_out))
+    else:
+        gather = im2col_reference if method == "reference" else im2col
+        cols = gather(x, kh, kw, stride=stride, padding=padding, dilation=dilation)
+        saved = cols.reshape(n, groups, c_in_g * kh * kw, -1)  # (N, G, K, L)
+        w_g = w.reshape(groups, c_out // groups, c_in_g * kh * kw)  # (G, C_out/G, K)
+        out = np.matmul(w_g, saved)  # (N, G, C_out/G, L)
+        out = out.reshape(n, c_out, h_out, w_out)
     if b is not None:
         out += b[None, :, None, None]
-    cache = ConvCache(x.shape, w, cols, b is not None, stride, padding, dilation, groups)
+    cache = ConvCache(
+        x.shape, w, saved, b is not None, stride, padding, dilation, groups, (h_out, w_out), method
+    )
     return out, cache
 
 
@@ -95,21 +149,24 @@ def conv2d_backward(dout: NDArray, cache: ConvCache) -> tuple[NDArray, NDArray, 
 
     dout: (N, C_out, H_out, W_out). Returns dx: (N, C_in, H, W), dw: like w, db: (C_out,) or None.
     """
-    x_shape, w, cols, has_bias, stride, padding, dilation, groups = cache
+    x_shape, w, saved, has_bias, stride, padding, dilation, groups, out_size, method = cache
     n, c_in, _, _ = x_shape
     c_out, c_in_g, kh, kw = w.shape
-    length = cols.shape[3]
     dout = float_array("dout", dout, ndim=4)
-    same_dtype("dout", dout, "the forward input", cols)
-    shape_is("dout", dout, (n, c_out, dout.shape[2], dout.shape[3]))
-    if dout.shape[2] * dout.shape[3] != length:
-        raise ValueError(f"dout has spatial size {dout.shape[2:]}, the forward output had {length}")
+    same_dtype("dout", dout, "the forward input", w)
+    shape_is("dout", dout, (n, c_out, *out_size))
+    db = dout.sum(axis=(0, 2, 3)) if has_bias else None
+    if method == "direct":
+        dx, dw = _direct_backward(dout, saved, w, x_shape, padding, dilation, groups)
+        return dx, dw, db
 
+    cols, length = saved, out_size[0] * out_size[1]
     dout_g = dout.reshape(n, groups, c_out // groups, length)  # (N, G, C_out/G, L)
     w_g = w.reshape(groups, c_out // groups, c_in_g * kh * kw)  # (G, C_out/G, K)
     dw = np.matmul(dout_g, cols.transpose(0, 1, 3, 2)).sum(axis=0).reshape(w.shape)
     dcols = np.matmul(w_g.transpose(0, 2, 1), dout_g)  # (N, G, K, L)
-    dx = col2im(
+    scatter = col2im_reference if method == "reference" else col2im
+    dx = scatter(
         dcols.reshape(n, c_in * kh * kw, length),
         x_shape,
         kh,
@@ -118,5 +175,27 @@ def conv2d_backward(dout: NDArray, cache: ConvCache) -> tuple[NDArray, NDArray, 
         padding=padding,
         dilation=dilation,
     )
-    db = dout.sum(axis=(0, 2, 3)) if has_bias else None
     return dx, dw, db
+
+
+# The direct path: the kernels read each zero-padded input plane as one flat row of width
+# W + 2*padding (see skscratch/_kernels.py), so the cache keeps that padded input.
+
+
+def _direct_forward(x, w, padding, dilation, groups, out_size):
+    extra = (w.shape[3] - 1) * dilation[1]  # zeros after the last row, for the widest tap
+    xpad = _kernels._pad_flat(x, padding[0], padding[1], extra)
+    wp = x.shape[3] + 2 * padding[1]
+    out = _kernels._conv_direct_forward(xpad, w, groups, *out_size, wp, *dilation)
+    return xpad, out
+
+
+def _direct_backward(dout, xpad, w, x_shape, padding, dilation, groups):
+    _, _, h, wd = x_shape
+    hp, wp = h + 2 * padding[0], wd + 2 * padding[1]
+    extra = (w.shape[3] - 1) * dilation[1]
+    dspread = _kernels._spread_rows(dout, wp, extra)
+    dx = _kernels._conv_direct_backward_data(dspread, w, groups, h, wd, *padding, hp, wp, *dilation)
+    kh, kw = w.shape[2:]
+    dw = _kernels._conv_direct_backward_weight(xpad, dspread, groups, kh, kw, wp, *dilation)
+    return dx, dw
