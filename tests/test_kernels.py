@@ -1,0 +1,197 @@
+"""The compiled im2col/col2im kernels against their plain-NumPy references and plain loops.
+
+The tests marked `nojit` run a second time in a subprocess with NUMBA_DISABLE_JIT=1, where the
+kernels are ordinary Python functions: that shows the loops themselves are right, not just the
+compiled code.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import reference
+from conftest import Window, conv_cases, seeds, windows
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from skscratch import (
+    _kernels,
+    col2im,
+    col2im_reference,
+    conv2d_backward,
+    conv2d_forward,
+    im2col,
+    im2col_reference,
+)
+from skscratch.gradcheck import check_gradients
+
+# Wider than the convolution tests: dilations and strides up to 3 that rarely divide the input
+# evenly, and padding up to 4, larger than any kernel (whole windows then read only padding).
+kernel_windows = windows(max_kernel=4, max_stride=3, max_dilation=3, max_padding=4)
+dtypes = st.sampled_from([np.float32, np.float64])
+
+# Cases worth running every time, not only when hypothesis happens to find them.
+PADDING_LARGER_THAN_KERNEL = Window(
+    kh=2, kw=1, stride=(1, 2), padding=(4, 3), dilation=(1, 1), h=1, w=2
+)
+ONE_BY_ONE = Window(kh=1, kw=1, stride=(1, 1), padding=(0, 0), dilation=(1, 1), h=3, w=2)
+UNEVEN_STRIDE_AND_DILATION = Window(
+    kh=3, kw=2, stride=(3, 2), padding=(1, 0), dilation=(2, 3), h=8, w=7
+)
+
+
+@pytest.mark.nojit
+@given(kernel_windows, st.integers(1, 2), st.integers(1, 3), dtypes, seeds)
+@example(PADDING_LARGER_THAN_KERNEL, 1, 2, np.float64, 0)
+@example(ONE_BY_ONE, 2, 3, np.float32, 0)
+@example(UNEVEN_STRIDE_AND_DILATION, 1, 2, np.float64, 0)
+def test_im2col_kernel_equals_reference_exactly(window, n, c, dtype, seed):
+    x = np.random.default_rng(seed).standard_normal((n, c, window.h, window.w)).astype(dtype)
+    args = (x, window.kh, window.kw)
+    cols = im2col(*args, **window.options)
+    ho, wo = window.out_hw
+    assert cols.shape == (n, c * window.kh * window.kw, ho * wo)
+    assert cols.dtype == dtype
+    # A gather only copies values: any difference at all is a wrong index.
+    assert np.array_equal(cols, im2col_reference(*args, **window.options))
+    assert np.array_equal(cols, reference.im2col(*args, **window.options))
+
+
+@pytest.mark.nojit
+@given(kernel_windows, st.integers(1, 2), st.integers(1, 3), seeds)
+@example(PADDING_LARGER_THAN_KERNEL, 1, 2, 0)
+@example(ONE_BY_ONE, 2, 3, 0)
+@example(UNEVEN_STRIDE_AND_DILATION, 1, 2, 0)
+def test_col2im_kernel_matches_reference(window, n, c, seed):
+    ho, wo = window.out_hw
+    rows = c * window.kh * window.kw
+    cols = np.random.default_rng(seed).standard_normal((n, rows, ho * wo))
+    x_shape = (n, c, window.h, window.w)
+    args = (cols, x_shape, window.kh, window.kw)
+    dx = col2im(*args, **window.options)
+    assert dx.shape == x_shape
+    # Overlapping taps are added in another order than in the references: equal to rounding.
+    np.testing.assert_allclose(
+        dx, col2im_reference(*args, **window.options), rtol=1e-12, atol=1e-12
+    )
+    np.testing.assert_allclose(
+        dx, reference.col2im(*args, **window.options), rtol=1e-12, atol=1e-12
+    )
+
+
+@pytest.mark.nojit
+@given(kernel_windows, st.integers(1, 2), st.integers(1, 3), seeds)
+@example(PADDING_LARGER_THAN_KERNEL, 1, 2, 0)
+@example(UNEVEN_STRIDE_AND_DILATION, 1, 2, 0)
+def test_col2im_is_the_adjoint_of_im2col(window, n, c, seed):
+    # <im2col(x), cols> == <x, col2im(cols)> for all x and cols: what makes col2im the backward
+    # pass of im2col.
+    rng = np.random.default_rng(seed)
+    ho, wo = window.out_hw
+    x = rng.standard_normal((n, c, window.h, window.w))
+    cols = rng.standard_normal((n, c * window.kh * window.kw, ho * wo))
+    opts = window.options
+    lhs = np.sum(im2col(x, window.kh, window.kw, **opts) * cols)
+    rhs = np.sum(x * col2im(cols, x.shape, window.kh, window.kw, **opts))
+    assert lhs == pytest.approx(rhs, rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.nojit
+@given(st.integers(1, 4), st.integers(1, 2), windows(), st.booleans(), seeds)
+def test_depthwise_conv_matches_loops(channels, multiplier, window, bias, seed):
+    # groups == channels: every input channel has its own `multiplier` filters.
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, channels, window.h, window.w))
+    w = rng.standard_normal((channels * multiplier, 1, window.kh, window.kw))
+    b = rng.standard_normal(channels * multiplier) if bias else None
+    opts = {**window.options, "groups": channels}
+    out, _ = conv2d_forward(x, w, b, **opts)
+    np.testing.assert_allclose(out, reference.conv2d(x, w, b, **opts), rtol=1e-12, atol=1e-12)
+
+
+@given(st.integers(1, 4), windows(), seeds)
+def test_depthwise_conv_gradients(channels, window, seed):
+    rng = np.random.default_rng(seed)
+    inputs = {
+        "x": rng.standard_normal((2, channels, window.h, window.w)),
+        "w": rng.standard_normal((channels, 1, window.kh, window.kw)),
+        "b": rng.standard_normal(channels),
+    }
+    opts = {**window.options, "groups": channels}
+    errors = check_gradients(conv2d_forward, conv2d_backward, inputs, fixed=opts, seed=seed + 1)
+    assert set(errors) == {"x", "w", "b"}
+    assert max(errors.values()) < 1e-6, errors
+
+
+@given(conv_cases(max_kernel=1, max_padding=0, max_stride=1))
+def test_one_by_one_conv_is_a_matrix_product_over_channels(case):
+    # A 1x1 kernel with stride 1 and no padding mixes channels pixel by pixel (dilation does
+    # nothing with a single tap).
+    a = case.arrays()
+    x, w, b = a["x"], a["w"], a["b"]
+    out, cache = conv2d_forward(x, w, b, **case.options)
+    g = case.groups
+    x_g = x.reshape(case.n, g, case.c_in // g, *x.shape[2:])
+    w_g = w.reshape(g, case.c_out // g, case.c_in // g)
+    expected = np.einsum("goc,ngchw->ngohw", w_g, x_g).reshape(out.shape)
+    if b is not None:
+        expected += b[:, None, None]
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+    inputs = {name: v for name, v in a.items() if v is not None}
+    errors = check_gradients(
+        conv2d_forward, conv2d_backward, inputs, fixed=case.options, seed=case.seed + 1
+    )
+    assert max(errors.values()) < 1e-6, errors
+
+
+@given(conv_cases(max_kernel=1, max_padding=2, max_stride=3))
+def test_one_by_one_conv_with_stride_and_padding_matches_loops(case):
+    a = case.arrays()
+    out, _ = conv2d_forward(a["x"], a["w"], a["b"], **case.options)
+    expected = reference.conv2d(a["x"], a["w"], a["b"], **case.options)
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.nojit
+def test_kernels_are_plain_python_exactly_when_jit_is_disabled():
+    jit_disabled = os.environ.get("NUMBA_DISABLE_JIT") == "1"
+    for kernel in (_kernels._im2col, _kernels._col2im):
+        assert inspect.isfunction(kernel) == jit_disabled
+
+
+def test_kernels_pass_as_plain_python_with_jit_disabled():
+    """Run the `nojit` tests again in a subprocess with NUMBA_DISABLE_JIT=1."""
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(Path(__file__).resolve()),
+            "-m",
+            "nojit",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--hypothesis-profile=nojit",
+        ],
+        cwd=root,
+        env={**os.environ, "NUMBA_DISABLE_JIT": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    report = result.stdout + result.stderr
+    assert result.returncode == 0, report
+    n_marked = sum(
+        1 for f in globals().values() if "nojit" in [m.name for m in getattr(f, "pytestmark", [])]
+    )
+    passed = re.search(r"(\d+) passed", result.stdout)
+    assert passed and int(passed.group(1)) == n_marked, report
