@@ -26,18 +26,21 @@ from skscratch._checks import float_array, same_dtype, shape_is
 
 class ReluCache(NamedTuple):
     positive: NDArray  # bool mask, like x
+    dtype_of_x: NDArray  # a 0-d array of x's dtype, to check dout against
 
 
 def relu_forward(x: NDArray) -> tuple[NDArray, ReluCache]:
     """ReLU. x: any shape. Returns (out like x, cache)."""
     x = float_array("x", x)
     positive = x > 0
-    return np.where(positive, x, np.zeros((), dtype=x.dtype)), ReluCache(positive)
+    zero = np.zeros((), dtype=x.dtype)
+    return np.where(positive, x, zero), ReluCache(positive, zero)
 
 
 def relu_backward(dout: NDArray, cache: ReluCache) -> NDArray:
     """ReLU backward. dout: like x. Returns dx: like x."""
     dout = float_array("dout", dout)
+    same_dtype("dout", dout, "the forward input", cache.dtype_of_x)
     shape_is("dout", dout, cache.positive.shape)
     return np.where(cache.positive, dout, np.zeros((), dtype=dout.dtype))
 

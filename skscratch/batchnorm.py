@@ -29,6 +29,7 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
+from skscratch import _kernels
 from skscratch._checks import float_array, same_dtype, shape_is
 
 
@@ -67,7 +68,38 @@ def batchnorm_forward(
     statistics passed in are not modified; in evaluation mode copies of them are returned.
     """
     x = float_array("x", x, ndim=(2, 4))
+    params = _checked_params(x, gamma, beta, running_mean, running_var, training, momentum, eps)
+    axes = _axes(x)
+    if training:
+        mu, var = x.mean(axis=axes), x.var(axis=axes)
+    else:
+        mu, var = params["running_mean"], params["running_var"]
+    new_mean, new_var = _running_stats(params, mu, var, x, training, momentum)
+
+    inv_std = (1.0 / np.sqrt(var + eps)).astype(x.dtype)
+    xhat = (x - _per_channel(mu, x.ndim)) * _per_channel(inv_std, x.ndim)
+    out = _per_channel(params["gamma"], x.ndim) * xhat + _per_channel(params["beta"], x.ndim)
+    return out, new_mean, new_var, BatchNormCache(xhat, params["gamma"], inv_std, training)
+
+
+def _running_stats(params, mu, var, x, training, momentum):
+    """The running statistics after this batch (copies of the old ones in evaluation mode)."""
+    if not training:
+        return params["running_mean"].copy(), params["running_var"].copy()
+    m = x.size // x.shape[1]
+    new_mean = (1 - momentum) * params["running_mean"] + momentum * mu
+    new_var = (1 - momentum) * params["running_var"] + momentum * var * (m / (m - 1))
+    return new_mean.astype(x.dtype), new_var.astype(x.dtype)
+
+
+def _checked_params(x, gamma, beta, running_mean, running_var, training, momentum, eps):
+    """Check the per-channel arrays against x; return them by name as arrays."""
     c = x.shape[1]
+    if training and x.size // max(c, 1) < 2:
+        raise ValueError(
+            f"batch norm in training mode needs more than 1 value per channel, got x of "
+            f"shape {x.shape}"
+        )
     params = {}
     for name, value in [
         ("gamma", gamma),
@@ -83,28 +115,7 @@ def batchnorm_forward(
         raise ValueError(f"momentum must be in [0, 1], got {momentum}")
     if not eps > 0:
         raise ValueError(f"eps must be positive, got {eps}")
-
-    axes = _axes(x)
-    if training:
-        m = x.size // c
-        if m < 2:
-            raise ValueError(
-                f"batch norm in training mode needs more than 1 value per channel, got x of "
-                f"shape {x.shape}"
-            )
-        mu = x.mean(axis=axes)
-        var = x.var(axis=axes)
-        new_mean = (1 - momentum) * params["running_mean"] + momentum * mu
-        new_var = (1 - momentum) * params["running_var"] + momentum * var * (m / (m - 1))
-        new_mean, new_var = new_mean.astype(x.dtype), new_var.astype(x.dtype)
-    else:
-        mu, var = params["running_mean"], params["running_var"]
-        new_mean, new_var = mu.copy(), var.copy()
-
-    inv_std = (1.0 / np.sqrt(var + eps)).astype(x.dtype)
-    xhat = (x - _per_channel(mu, x.ndim)) * _per_channel(inv_std, x.ndim)
-    out = _per_channel(params["gamma"], x.ndim) * xhat + _per_channel(params["beta"], x.ndim)
-    return out, new_mean, new_var, BatchNormCache(xhat, params["gamma"], inv_std, training)
+    return params
 
 
 def batchnorm_backward(dout: NDArray, cache: BatchNormCache) -> tuple[NDArray, NDArray, NDArray]:
@@ -126,3 +137,70 @@ def batchnorm_backward(dout: NDArray, cache: BatchNormCache) -> tuple[NDArray, N
     else:
         dx = dxhat * _per_channel(inv_std, dout.ndim)
     return dx, dgamma, dbeta
+
+
+# -- The fused fast path: batch norm and ReLU in one pass ------------------------------------------
+#
+# In a network, batch norm is nearly always followed by ReLU. Done one after the other, the pair
+# reads and writes the whole activation several times (xhat, the scaled output, the mask, and as
+# many again in backward). The compiled kernels of skscratch._kernels do each direction in one
+# pass per channel, and keep only x and the output, from which xhat and the ReLU mask are
+# recomputed. The mathematics is exactly that of the pairs above; the tests check that
+# batchnorm_relu_* equals batchnorm_* followed by relu_*.
+
+
+class BatchNormReluCache(NamedTuple):
+    x: NDArray
+    out: NDArray
+    mean: NDArray  # (C,) float64
+    inv_std: NDArray  # (C,)
+    gamma: NDArray
+    training: bool
+    relu: bool
+
+
+def batchnorm_relu_forward(
+    x: NDArray,
+    gamma: NDArray,
+    beta: NDArray,
+    running_mean: NDArray,
+    running_var: NDArray,
+    *,
+    training: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    relu: bool = True,
+) -> tuple[NDArray, NDArray, NDArray, BatchNormReluCache]:
+    """Batch norm followed by ReLU (or batch norm alone, relu=False) for x (N, C, H, W).
+
+    Arguments and returns as `batchnorm_forward`.
+    """
+    x = float_array("x", x, ndim=4)
+    params = _checked_params(x, gamma, beta, running_mean, running_var, training, momentum, eps)
+    x = np.ascontiguousarray(x)
+    if training:
+        mu, var = _kernels._bn_stats(x)
+    else:
+        mu = params["running_mean"].astype(np.float64)
+        var = params["running_var"].astype(np.float64)
+    new_mean, new_var = _running_stats(params, mu, var, x, training, momentum)
+    inv_std = 1.0 / np.sqrt(var + eps)
+    # out = gamma * (x - mu) * inv_std + beta = scale * x + shift
+    scale = params["gamma"] * inv_std
+    shift = params["beta"] - mu * scale
+    out = _kernels._bn_relu_forward(x, scale.astype(x.dtype), shift.astype(x.dtype), relu)
+    cache = BatchNormReluCache(x, out, mu, inv_std.astype(x.dtype), params["gamma"], training, relu)
+    return out, new_mean, new_var, cache
+
+
+def batchnorm_relu_backward(
+    dout: NDArray, cache: BatchNormReluCache
+) -> tuple[NDArray, NDArray, NDArray]:
+    """Backward of `batchnorm_relu_forward`. dout: like x. Returns dx, dgamma (C,), dbeta (C,)."""
+    dout = float_array("dout", dout, ndim=4)
+    same_dtype("dout", dout, "the forward input", cache.x)
+    shape_is("dout", dout, cache.x.shape)
+    x, out, mean, inv_std, gamma, training, relu = cache
+    return _kernels._bn_relu_backward(
+        np.ascontiguousarray(dout), x, out, mean, inv_std, gamma, relu, training
+    )

@@ -8,8 +8,10 @@ L(x) = sum(f(x) * dout) has gradient dL/dx = backward(dout). Its centred differe
 has error O(h^2) from the curvature of f plus O(eps * |L| / h) from rounding, so h ~ 1e-6 suits
 float64 and float32 is hopeless for fine checks (eps ~ 1e-7): check gradients in float64.
 
-A random dout matters: with dout = 1 everywhere, a batch-norm output sums to a constant, and a
-backward pass that forgets the mean term still "passes".
+A random dout matters: with dout = 1 everywhere, L is the sum of a batch-norm output, which is
+the same for every x (the normalised values of a channel sum to zero). Then the true dx is 0, and
+so is the variance term xhat * mean(dxhat * xhat) of the backward pass: a backward pass that
+forgets that term still "passes".
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 Block (SKNet's, with the SK unit in place of ResNeXt's grouped 3x3 convolution):
 
     x -> 1x1 conv -> BN -> ReLU -> SK unit (stride) -> 1x1 conv -> BN --(+)--> ReLU -> y
+       (conv1)     (bn1, with its ReLU)      (sk)       (conv3)   (bn3)        (relu)
     x -> identity, or 1x1 conv (stride) -> BN when the shape changes ---^
 
 Network: 3x3 stem conv -> BN -> ReLU, three stages of blocks (the first block of stages 2 and 3
@@ -45,8 +46,7 @@ class SKBottleneck(Module):
         super().__init__()
         ch = self.children
         ch["conv1"] = Conv2d(c_in, c_mid, 1, rng=rng)
-        ch["bn1"] = BatchNorm(c_mid)
-        ch["relu1"] = ReLU()
+        ch["bn1"] = BatchNorm(c_mid, relu=True)
         ch["sk"] = SKUnit(c_mid, stride=stride, branches=branches, groups=groups, r=r, L=L, rng=rng)
         ch["conv3"] = Conv2d(c_mid, c_out, 1, rng=rng)
         ch["bn3"] = BatchNorm(c_out)
@@ -58,7 +58,7 @@ class SKBottleneck(Module):
                 Conv2d(c_in, c_out, 1, stride=stride, rng=rng), BatchNorm(c_out)
             )
         ch["relu"] = ReLU()
-        self._residual = ("conv1", "bn1", "relu1", "sk", "conv3", "bn3")
+        self._residual = ("conv1", "bn1", "sk", "conv3", "bn3")
 
     def forward(self, x):
         out = x
@@ -128,7 +128,7 @@ class SKResNeXt(Module):
         self.config = config
         rng = np.random.default_rng(seed)
         self.children["stem"] = Sequential(
-            Conv2d(3, config.stem, 3, padding=1, rng=rng), BatchNorm(config.stem), ReLU()
+            Conv2d(3, config.stem, 3, padding=1, rng=rng), BatchNorm(config.stem, relu=True)
         )
         stages, c_in = [], config.stem
         for depth, mid, out, stride in zip(

@@ -17,7 +17,13 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from skscratch.activations import relu_backward, relu_forward
-from skscratch.batchnorm import batchnorm_backward, batchnorm_forward
+from skscratch.batchnorm import (
+    BatchNormReluCache,
+    batchnorm_backward,
+    batchnorm_forward,
+    batchnorm_relu_backward,
+    batchnorm_relu_forward,
+)
 from skscratch.conv import conv2d_backward, conv2d_forward
 from skscratch.linear import linear_backward, linear_forward
 from skscratch.pooling import global_avg_pool_backward, global_avg_pool_forward
@@ -185,34 +191,50 @@ class Conv2d(Module):
 
 
 class BatchNorm(Module):
-    """Batch norm over (N, C) or (N, C, H, W); PyTorch's BatchNorm1d and BatchNorm2d in one."""
+    """Batch norm over (N, C) or (N, C, H, W) (PyTorch's BatchNorm1d and BatchNorm2d in one),
+    optionally followed by ReLU. On 4-D input it runs the fused one-pass kernels
+    (`batchnorm_relu_forward`); a ReLU has no parameters, so the names stay PyTorch's."""
 
-    def __init__(self, channels: int, *, momentum: float = 0.1, eps: float = 1e-5):
+    def __init__(
+        self, channels: int, *, relu: bool = False, momentum: float = 0.1, eps: float = 1e-5
+    ):
         super().__init__()
         self.params["weight"] = Parameter(np.ones(channels, dtype=np.float32))
         self.params["bias"] = Parameter(np.zeros(channels, dtype=np.float32))
         self.buffers["running_mean"] = np.zeros(channels, dtype=np.float32)
         self.buffers["running_var"] = np.ones(channels, dtype=np.float32)
-        self.momentum, self.eps = momentum, eps
+        self.relu, self.momentum, self.eps = relu, momentum, eps
 
     def forward(self, x):
-        out, mean, var, self._cache = batchnorm_forward(
+        args = (
             x,
             self.params["weight"].data,
             self.params["bias"].data,
             self.buffers["running_mean"],
             self.buffers["running_var"],
-            training=self.training,
-            momentum=self.momentum,
-            eps=self.eps,
         )
+        options = dict(training=self.training, momentum=self.momentum, eps=self.eps)
+        if np.ndim(x) == 4:
+            out, mean, var, self._cache = batchnorm_relu_forward(*args, relu=self.relu, **options)
+        else:
+            out, mean, var, bn_cache = batchnorm_forward(*args, **options)
+            relu_cache = None
+            if self.relu:
+                out, relu_cache = relu_forward(out)
+            self._cache = (bn_cache, relu_cache)
         self.buffers["running_mean"], self.buffers["running_var"] = mean, var
         return out
 
     def backward(self, dout):
-        dx, self.params["weight"].grad, self.params["bias"].grad = batchnorm_backward(
-            dout, self._saved_cache()
-        )
+        cache = self._saved_cache()
+        if isinstance(cache, BatchNormReluCache):
+            dx, dgamma, dbeta = batchnorm_relu_backward(dout, cache)
+        else:
+            bn_cache, relu_cache = cache
+            if relu_cache is not None:
+                dout = relu_backward(dout, relu_cache)
+            dx, dgamma, dbeta = batchnorm_backward(dout, bn_cache)
+        self.params["weight"].grad, self.params["bias"].grad = dgamma, dbeta
         return dx
 
 

@@ -17,6 +17,7 @@ from skscratch._checks import float_array, shape_is
 
 class PoolCache(NamedTuple):
     x_shape: tuple[int, int, int, int]
+    dtype: np.dtype
 
 
 def global_avg_pool_forward(x: NDArray) -> tuple[NDArray, PoolCache]:
@@ -24,13 +25,15 @@ def global_avg_pool_forward(x: NDArray) -> tuple[NDArray, PoolCache]:
     x = float_array("x", x, ndim=4)
     if x.shape[2] * x.shape[3] == 0:
         raise ValueError(f"x must have a non-empty H x W plane, got shape {x.shape}")
-    return x.mean(axis=(2, 3)), PoolCache(x.shape)
+    return x.mean(axis=(2, 3)), PoolCache(x.shape, x.dtype)
 
 
 def global_avg_pool_backward(dout: NDArray, cache: PoolCache) -> NDArray:
     """dout: (N, C). Returns dx: (N, C, H, W)."""
     n, c, h, w = cache.x_shape
     dout = float_array("dout", dout, ndim=2)
+    if dout.dtype != cache.dtype:
+        raise TypeError(f"dout has dtype {dout.dtype} but the forward input had {cache.dtype}")
     shape_is("dout", dout, (n, c))
     scale = dout.dtype.type(1.0 / (h * w))
     return np.broadcast_to((dout * scale)[:, :, None, None], cache.x_shape).copy()

@@ -42,7 +42,12 @@ from skscratch.activations import (
     relu_backward,
     relu_forward,
 )
-from skscratch.batchnorm import batchnorm_backward, batchnorm_forward
+from skscratch.batchnorm import (
+    batchnorm_backward,
+    batchnorm_forward,
+    batchnorm_relu_backward,
+    batchnorm_relu_forward,
+)
 from skscratch.conv import conv2d_backward, conv2d_forward
 from skscratch.linear import linear_backward, linear_forward
 from skscratch.pooling import global_avg_pool_backward, global_avg_pool_forward
@@ -79,7 +84,7 @@ def _bn_params(params: dict[str, NDArray], prefix: str) -> list[NDArray]:
 
 
 class SKCache(NamedTuple):
-    branch_caches: list[tuple]  # per branch: (conv, bn, relu) caches
+    branch_caches: list[tuple]  # per branch: (conv, batch norm + ReLU) caches
     branches: list[NDArray]  # U_m, each (N, C, H', W')
     pool_cache: tuple
     fc_cache: tuple
@@ -127,12 +132,12 @@ def sk_unit_forward(
             dilation=dilation,
             groups=groups,
         )
-        u, stats[f"bns.{m}.running_mean"], stats[f"bns.{m}.running_var"], bn_cache = (
-            batchnorm_forward(u, *_bn_params(params, f"bns.{m}"), **bn)
+        # Batch norm and ReLU, fused into one pass (the same as batchnorm_forward + relu_forward).
+        u, stats[f"bns.{m}.running_mean"], stats[f"bns.{m}.running_var"], bn_relu_cache = (
+            batchnorm_relu_forward(u, *_bn_params(params, f"bns.{m}"), **bn)
         )
-        u, relu_cache = relu_forward(u)
         branches.append(u)
-        branch_caches.append((conv_cache, bn_cache, relu_cache))
+        branch_caches.append((conv_cache, bn_relu_cache))
 
     # Fuse: one descriptor per channel from the sum of the branches, squeezed to d values.
     u_sum = np.sum(branches, axis=0)
@@ -193,9 +198,10 @@ def sk_unit_backward(dout: NDArray, cache: SKCache) -> tuple[NDArray, dict[str, 
 
     # Split, backwards: each branch's two gradient paths add, then its ReLU, BN and conv.
     dx = None
-    for m, (conv_cache, bn_cache, relu_cache) in enumerate(cache.branch_caches):
-        du = relu_backward(dbranches[m] + du_sum, relu_cache)
-        du, grads[f"bns.{m}.weight"], grads[f"bns.{m}.bias"] = batchnorm_backward(du, bn_cache)
+    for m, (conv_cache, bn_relu_cache) in enumerate(cache.branch_caches):
+        du, grads[f"bns.{m}.weight"], grads[f"bns.{m}.bias"] = batchnorm_relu_backward(
+            dbranches[m] + du_sum, bn_relu_cache
+        )
         dx_m, grads[f"convs.{m}.weight"], _ = conv2d_backward(du, conv_cache)
         dx = dx_m if dx is None else dx + dx_m
     return dx, grads
