@@ -64,9 +64,12 @@ def sk_param_shapes(
     channels: int, *, branches: int = 2, groups: int = 32, r: int = 16, L: int = 32
 ) -> dict[str, tuple[int, ...]]:
     """The keys and shapes of an SK unit's parameters and running statistics."""
-    c, d = channels, sk_hidden_size(channels, r, L)
-    if c % groups:
-        raise ValueError(f"channels ({c}) must be divisible by groups ({groups})")
+    if channels % groups:
+        raise ValueError(f"channels ({channels}) must be divisible by groups ({groups})")
+    return _shapes(channels, branches, groups, sk_hidden_size(channels, r, L))
+
+
+def _shapes(c: int, branches: int, groups: int, d: int) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {}
     for m in range(branches):
         shapes[f"convs.{m}.weight"] = (c, c // groups, 3, 3)
@@ -77,6 +80,49 @@ def sk_param_shapes(
         shapes[f"fc_bn.{key}"] = (d,)
     shapes["select.weight"] = (branches * c, d)
     return shapes
+
+
+def _check_params(params: dict[str, NDArray], channels: int, groups: int) -> int:
+    """Check every key and shape of `params` for input of `channels` channels; return M.
+
+    M is the highest branch index among the convs.* and bns.* keys, plus one, so a missing
+    branch is reported as missing. d is read from the arrays that carry it (fc.weight, the four
+    fc_bn arrays, select.weight), taking the value most of them agree on, so that the one
+    wrong array is the one named.
+    """
+    if channels % groups:
+        raise ValueError(f"input channels ({channels}) must be divisible by groups ({groups})")
+    indices = [
+        int(k.split(".")[1])
+        for k in params
+        if k.startswith(("convs.", "bns.")) and k.split(".")[1].isdigit()
+    ]
+    if not indices:
+        raise ValueError("params must hold at least one branch, 'convs.0.weight' and 'bns.0.*'")
+    branches = max(indices) + 1
+    d_votes = [
+        np.shape(params[k])[0] for k in params if k.startswith("fc_bn.") and np.ndim(params[k])
+    ]
+    d_votes += [
+        np.shape(params[k])[i]
+        for k, i in (("fc.weight", 0), ("select.weight", 1))
+        if k in params and np.ndim(params[k]) == 2
+    ]
+    d = max(set(d_votes), key=d_votes.count) if d_votes else 1
+    expected = _shapes(channels, branches, groups, d)
+    missing = [k for k in expected if k not in params]
+    if missing:
+        raise ValueError(f"params is missing {missing}")
+    unexpected = sorted(set(params) - set(expected))
+    if unexpected:
+        raise ValueError(f"params has unexpected keys {unexpected}")
+    for key, shape in expected.items():
+        if np.shape(params[key]) != shape:
+            raise ValueError(
+                f"params[{key!r}] must have shape {shape} for {channels} channels, {groups} "
+                f"groups, {branches} branches and d = {d}; got {np.shape(params[key])}"
+            )
+    return branches
 
 
 def _bn_params(params: dict[str, NDArray], prefix: str) -> list[NDArray]:
@@ -108,15 +154,14 @@ def sk_unit_forward(
 ) -> tuple[NDArray, SKCache]:
     """SK unit forward. x: (N, C, H, W); params: the keys of `sk_param_shapes`.
 
-    The number of branches M is read from the params (convs.0 .. convs.{M-1}).
+    The number of branches M is read from the params (convs.0 .. convs.{M-1}); every key and
+    shape is checked first, and an error names the key that is missing or wrong.
     Returns V: (N, C, H', W') with H' = (H - 1) // stride + 1, and the cache, whose field `a`
     holds the attention (N, M, C) and `running_stats` the updated batch-norm statistics.
     """
     x = float_array("x", x, ndim=4)
     groups = positive_int("groups", groups)
-    n_branches = sum(1 for k in params if k.startswith("convs.") and k.endswith(".weight"))
-    if n_branches < 1:
-        raise ValueError("params must hold at least one branch weight, 'convs.0.weight'")
+    n_branches = _check_params(params, x.shape[1], groups)
     bn = dict(training=training, momentum=momentum, eps=eps)
     stats: dict[str, NDArray] = {}
 

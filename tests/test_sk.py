@@ -422,21 +422,10 @@ def test_param_shapes_refuse_channels_not_divisible_by_groups():
 BAD_CASE = SKCase(3, 4, 5, 5, branches=2, groups=2, stride=1, r=2, L=2, training=True, seed=7)
 BAD_KEYS = sorted(sk_param_shapes(4, branches=2, groups=2, r=2, L=2))
 
-# sk_unit_forward checks no key or shape itself: it counts the convs.* keys to get M and hands
-# the arrays to the operations, whose errors name their own arguments (gamma, w, ...), not the
-# parameter key; a wrong fc.weight is even blamed on fc_bn ("gamma must have shape (3,), got
-# (2,)"), and without the last branch's weight M is silently one less and the select step fails
-# in a reshape. These tests state what a user needs; the marks come off when the unit checks
-# its params against the expected keys and shapes.
-UNCLEAR = pytest.mark.xfail(
-    strict=True,
-    reason="sk_unit_forward does not validate params: the error does not name the key",
-)
-
 
 @pytest.mark.parametrize(
     "key",
-    [pytest.param(k, marks=UNCLEAR) if k == "convs.1.weight" else k for k in BAD_KEYS],
+    BAD_KEYS,
 )
 def test_a_missing_param_is_named(key):
     x, params = BAD_CASE.arrays()
@@ -446,7 +435,6 @@ def test_a_missing_param_is_named(key):
     assert key in str(info.value), f"the error does not say which key is missing: {info.value}"
 
 
-@UNCLEAR
 @pytest.mark.parametrize("key", BAD_KEYS)
 def test_a_param_of_the_wrong_shape_is_named(key):
     x, params = BAD_CASE.arrays()
