@@ -26,6 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 from tqdm import tqdm
 
+from skscratch._memory import reuse_freed_memory
 from skscratch.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 from skscratch.data import Cifar10, augment, channel_stats, normalize
 from skscratch.losses import softmax_cross_entropy
@@ -149,6 +150,7 @@ def run_training(
     With resume, continue the run in out_dir from its checkpoint (its model and training
     configuration win over the arguments). Returns the history, one dict per finished epoch.
     """
+    reuse_freed_memory()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / CHECKPOINT
