@@ -82,13 +82,9 @@ def col2im_reference(
 
     cols: (N, C*KH*KW, H_out*W_out). Returns dx: x_shape = (N, C, H, W).
     """
-    cols = float_array("cols", cols, ndim=3)
-    x_shape = _checked_x_shape(x_shape)
-    kh, kw, (sh, sw), (ph, pw), (dh, dw), (ho, wo) = _geometry(
-        x_shape, kh, kw, stride, padding, dilation
-    )
+    cols, x_shape, geometry = _checked_col2im_args(cols, x_shape, kh, kw, stride, padding, dilation)
+    kh, kw, (sh, sw), (ph, pw), (dh, dw), (ho, wo) = geometry
     n, c, h, w = x_shape
-    _check_cols_shape(cols, (n, c * kh * kw, ho * wo))
     cols = cols.reshape(n, c, kh, kw, ho, wo)
     dx_pad = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
     for i in range(kh):
@@ -120,13 +116,9 @@ def col2im(
 
     cols: (N, C*KH*KW, H_out*W_out). Returns dx: x_shape = (N, C, H, W).
     """
-    cols = float_array("cols", cols, ndim=3)
-    x_shape = _checked_x_shape(x_shape)
-    kh, kw, (sh, sw), (ph, pw), (dh, dw), (ho, wo) = _geometry(
-        x_shape, kh, kw, stride, padding, dilation
-    )
+    cols, x_shape, geometry = _checked_col2im_args(cols, x_shape, kh, kw, stride, padding, dilation)
+    kh, kw, (sh, sw), (ph, pw), (dh, dw), (ho, wo) = geometry
     n, c, h, w = x_shape
-    _check_cols_shape(cols, (n, c * kh * kw, ho * wo))
     if _is_pointwise(kh, kw, sh, sw, ph, pw):
         return cols.reshape(x_shape)
     return _kernels._col2im(cols, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo)
@@ -136,16 +128,18 @@ def _is_pointwise(kh, kw, sh, sw, ph, pw) -> bool:
     return kh == kw == sh == sw == 1 and ph == pw == 0
 
 
-def _checked_x_shape(x_shape: Sequence[int]) -> tuple[int, int, int, int]:
+def _checked_col2im_args(cols, x_shape, kh, kw, stride, padding, dilation):
+    """Check col2im's arguments; return cols as an array, x_shape as a tuple, the geometry."""
+    cols = float_array("cols", cols, ndim=3)
     shape = tuple(int(s) for s in x_shape)
     if len(shape) != 4 or min(shape) < 0:
         raise ValueError(f"x_shape must be (N, C, H, W), got {tuple(x_shape)}")
-    return shape
-
-
-def _check_cols_shape(cols: NDArray, expected: tuple[int, int, int]) -> None:
+    geometry = _geometry(shape, kh, kw, stride, padding, dilation)
+    kh, kw, _, _, _, (ho, wo) = geometry
+    expected = (shape[0], shape[1] * kh * kw, ho * wo)
     if cols.shape != expected:
         raise ValueError(
             f"cols must have shape (N, C*KH*KW, H_out*W_out) = {expected} for this x_shape and "
             f"kernel, got {cols.shape}"
         )
+    return cols, shape, geometry
