@@ -1,0 +1,465 @@
+# %% [markdown]
+# # 5. Gradient checking as a tool
+#
+# Every backward pass in skscratch is written by hand, so every one can be wrong. The check
+# that catches the mistakes compares it with finite differences of the forward pass. This
+# tutorial looks at the checker itself: which difference to take, which step size, which
+# floating-point type, how to measure the error, where it lies (ReLU's kink), and finally a
+# gallery of planted bugs it catches.
+#
+# The idea: for an operation out = f(x) and an upstream gradient dout of out's shape, the
+# scalar L(x) = sum(f(x) * dout) has gradient dL/dx = backward(dout). Finite differences of
+# L approximate that gradient one entry at a time.
+
+# %%
+import inspect
+
+import numpy as np
+
+from skscratch import (
+    batchnorm_backward,
+    batchnorm_forward,
+    branch_softmax_backward,
+    branch_softmax_forward,
+    col2im_reference,
+    conv2d_backward,
+    conv2d_forward,
+    conv_output_size,
+    relu_backward,
+    relu_forward,
+)
+from skscratch.gradcheck import check_gradients, numerical_gradient, rel_error
+from skscratch.plots import pyplot, show
+
+rng = np.random.default_rng(0)
+print(inspect.getsource(numerical_gradient))
+
+# %% [markdown]
+# ## A real operation to check
+#
+# Throughout we use a small convolution followed by batch norm (training mode), as in an SK
+# branch: x (2, 2, 5, 5) -> conv 3x3, padding 1 -> (2, 3, 5, 5) -> batch norm. The analytic
+# gradient is the two backward passes chained, in reverse order.
+
+# %%
+x = rng.normal(size=(2, 2, 5, 5))  # (N, C_in, H, W)
+w = 0.5 * rng.normal(size=(3, 2, 3, 3))  # (C_out, C_in, KH, KW)
+
+
+def conv_bn(x):
+    """conv 3x3 (padding 1) then batch norm, computed in x's dtype: (N, 3, 5, 5)."""
+    dtype = x.dtype
+    out, _ = conv2d_forward(x, w.astype(dtype), padding=1)
+    ones, zeros = np.ones(3, dtype), np.zeros(3, dtype)
+    return batchnorm_forward(out, ones, zeros, zeros, ones)[0]
+
+
+y, conv_cache = conv2d_forward(x, w, padding=1)
+out, _, _, bn_cache = batchnorm_forward(y, np.ones(3), np.zeros(3), np.zeros(3), np.ones(3))
+print(out.shape)  # (N, C_out, H, W) = (2, 3, 5, 5)
+dout = rng.normal(size=out.shape)
+dx_true = conv2d_backward(batchnorm_backward(dout, bn_cache)[0], conv_cache)[0]
+print(dx_true.shape)  # like x: (2, 2, 5, 5)
+
+numeric = numerical_gradient(conv_bn, x, dout)
+print("rel_error", rel_error(dx_true, numeric))
+assert rel_error(dx_true, numeric) < 1e-8
+
+# %% [markdown]
+# ## Centred versus one-sided differences
+#
+# Taylor: L(x + h) = L + h L' + h^2/2 L'' + h^3/6 L''' + ... So the one-sided difference
+# (L(x + h) - L(x)) / h = L' + h/2 L'' + ... has error O(h), while in the centred difference
+# (L(x + h) - L(x - h)) / (2h) = L' + h^2/6 L''' + ... the even terms cancel: error O(h^2).
+# Halving h halves the first error and quarters the second. `numerical_gradient` is centred;
+# here is the one-sided one, for one entry i, to compare:
+
+
+# %%
+def forward_difference(f, x, dout, i, h):
+    """One-sided difference of sum(f(x) * dout) along the flat entry i of x."""
+    x_plus = x.copy()
+    x_plus.reshape(-1)[i] += h
+    return (np.sum(f(x_plus) * dout) - np.sum(f(x) * dout)) / h
+
+
+i = int(np.abs(dx_true).argmax())  # the largest entry, so relative errors are meaningful
+exact = dx_true.reshape(-1)[i]
+hs = 10.0 ** np.arange(-1, -10.5, -0.5)
+one_sided = np.array([abs(forward_difference(conv_bn, x, dout, i, h) - exact) for h in hs])
+centred = np.array(
+    [abs(numerical_gradient(conv_bn, x, dout, h=h, indices=[i]).reshape(-1)[i] - exact) for h in hs]
+)
+one_sided, centred = one_sided / abs(exact), centred / abs(exact)
+
+# %% [markdown]
+# Where truncation dominates (large h), the slopes on a log-log plot are the orders:
+
+# %%
+large = hs >= 1e-3
+slope_one = np.polyfit(np.log10(hs[large]), np.log10(one_sided[large]), 1)[0]
+slope_centred = np.polyfit(np.log10(hs[large]), np.log10(centred[large]), 1)[0]
+print(f"slopes: one-sided {slope_one:.2f}, centred {slope_centred:.2f}")
+assert abs(slope_one - 1) < 0.2 and abs(slope_centred - 2) < 0.2
+
+plt = pyplot()
+fig, ax = plt.subplots(figsize=(6, 4))
+ax.loglog(hs, one_sided, "o-", label=f"one-sided (slope {slope_one:.2f})")
+ax.loglog(hs, centred, "s-", label=f"centred (slope {slope_centred:.2f})")
+ax.set_xlabel("step h")
+ax.set_ylabel("relative error of one gradient entry")
+ax.set_title("conv + batch norm, float64: error O(h) versus O(h^2)")
+ax.invert_xaxis()
+ax.legend()
+show(fig, "05_centred_vs_one_sided")
+
+# %% [markdown]
+# Read the plot from left to right (h shrinking). Both errors first fall, the centred one twice
+# as steeply and far lower. Then both rise again: that is rounding, the subject of the next
+# section. Wherever truncation dominates the centred difference is much better, for the same
+# two evaluations of f per entry (the one-sided one can reuse L(x) across entries, a saving
+# not worth the worse estimate).
+
+# %%
+assert np.all(centred[large] < one_sided[large])
+
+# %% [markdown]
+# ## Step size, float64 and float32
+#
+# L is computed with a relative rounding error of about eps (float64: 2.2e-16, float32: 1.2e-7)
+# times its size, and dividing the difference by 2h magnifies that: the rounding error of the
+# difference is about eps * |L| / h. The total error is roughly
+#
+#     c1 * h^2  +  c2 * eps / h        (truncation falls with h, rounding rises)
+#
+# smallest where the derivative 2 c1 h - c2 eps / h^2 is zero, at h = (c2 eps / (2 c1))^(1/3):
+# eps^(1/3) (6e-6 in float64, 5e-3 in float32) times a factor set by the function. Let us
+# measure it on conv + batch norm, computed wholly in each type, on 20 sampled entries of x.
+
+# %%
+sample = rng.choice(x.size, 20, replace=False)
+hs = 10.0 ** np.arange(-1, -12.5, -0.5)
+errors = {}
+for dtype in (np.float64, np.float32):
+    xd, dd = x.astype(dtype), dout.astype(dtype)
+    errors[dtype.__name__] = np.array(
+        [
+            rel_error(
+                numerical_gradient(conv_bn, xd, dd, h=h, indices=sample).reshape(-1)[sample],
+                dx_true.reshape(-1)[sample],
+            )
+            for h in hs
+        ]
+    )
+for name, errs in errors.items():
+    best = errs.argmin()
+    print(f"{name}: best h {hs[best]:.0e}, error {errs[best]:.1e}; at h=1e-6: {errs[hs == 1e-6]}")
+
+# The model c1 * h^2 + c2 * eps / h, with c1 read off at h = 0.1 and c2 = 4, drawn dashed:
+c1 = errors["float64"][0] / hs[0] ** 2
+fig, ax = plt.subplots(figsize=(8, 4.5))
+for name, marker in [("float64", "o-"), ("float32", "s-")]:
+    ax.loglog(hs, errors[name], marker, label=name)
+ax.loglog(hs, c1 * hs**2, "k--", linewidth=1, label="truncation c1 h^2")
+for name, color in [("float64", "C0"), ("float32", "C1")]:
+    eps = np.finfo(name).eps
+    ax.loglog(hs, 4 * eps / hs, "--", color=color, linewidth=1, label=f"rounding 4 eps/h, {name}")
+ax.axvline(1e-6, color="gray", linestyle=":", label="default h = 1e-6")
+ax.set_xlabel("step h")
+ax.set_ylabel("relative error (rel_error, 20 entries)")
+ax.set_title("Centred differences of conv + batch norm, computed in float64 and float32")
+ax.set_ylim(1e-12, 3)
+ax.invert_xaxis()
+ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1))
+show(fig, "05_step_size_float32_float64")
+
+# %% [markdown]
+# Both curves follow the same truncation line at large h, and each then turns up along its own
+# rounding line, 4 eps / h: the simple model describes the measurements well. float64 falls to
+# about 1e-10, and at the default h = 1e-6 it is still below 1e-8. float32 turns up three
+# decades earlier and never gets below about 1e-5; at h = 1e-6 its error is tens of percent.
+# Below h ~ 6e-8 an entry of x near 1 does not change at all (x + h rounds to x in float32),
+# the difference is 0 and the error 100%. Hence: check gradients in float64; a float32 check
+# can only be coarse.
+
+# %%
+f64, f32 = errors["float64"], errors["float32"]
+assert f64.min() < 1e-9 and f64[hs == 1e-6][0] < 1e-8
+assert f32.min() > 1e-6 and f32[hs == 1e-6][0] > 1e-2
+assert np.float32(1.0) + np.float32(1e-8) == np.float32(1.0)
+assert np.all(f32[hs < 1e-8] == 1.0)
+# Where rounding dominates, the error grows like 1/h: slope -1 on the log-log plot.
+tiny = (hs <= 1e-7) & (hs >= 1e-12)
+slope_rounding = np.polyfit(np.log10(hs[tiny]), np.log10(f64[tiny]), 1)[0]
+print(f"float64 slope for h <= 1e-7: {slope_rounding:.2f}")
+assert abs(slope_rounding + 1) < 0.25
+
+# %% [markdown]
+# With the c1 of the plot and c2 = 4 the formula for the best step predicts the measured
+# minima within a factor of 3:
+
+# %%
+for name, errs in errors.items():
+    h_best = (4 * np.finfo(name).eps / (2 * c1)) ** (1 / 3)
+    print(f"{name}: predicted best h {h_best:.1e}, measured {hs[errs.argmin()]:.0e}")
+    assert 1 / 3 < h_best / hs[errs.argmin()] < 3
+
+# %% [markdown]
+# ## Measuring the error
+#
+# `rel_error` divides the largest difference by the largest entry of either gradient:
+
+# %%
+print(inspect.getsource(rel_error))
+
+# %% [markdown]
+# Why not the usual per-entry |a - n| / max(|a|, |n|)? Because some entries of a correct
+# gradient are zero or nearly so, and there the finite difference is pure rounding noise, of
+# size eps * |L| / h, here a few 1e-9: per entry that is an error of 100%. An example: batch norm
+# with channel 0 of dout constant. The normalised values of a channel sum to 0, so that channel
+# of the output contributes a constant to L, and its true gradient is exactly 0.
+
+# %%
+x_bn = rng.normal(size=(4, 3, 3, 3))
+g_bn, b_bn = rng.normal(size=3), rng.normal(size=3)
+stats = (np.zeros(3), np.ones(3))
+_, _, _, cache = batchnorm_forward(x_bn, g_bn, b_bn, *stats)
+dout_bn = rng.normal(size=x_bn.shape)
+dout_bn[:, 0] = 0.5  # (N, C, H, W): channel 0 constant
+analytic = batchnorm_backward(dout_bn, cache)[0]
+numeric = numerical_gradient(lambda v: batchnorm_forward(v, g_bn, b_bn, *stats)[0], x_bn, dout_bn)
+per_entry = np.abs(analytic - numeric) / np.maximum(np.abs(analytic), np.abs(numeric))
+print("channel 0: max |analytic|", np.abs(analytic[:, 0]).max(), "max |numeric|", end=" ")
+print(np.abs(numeric[:, 0]).max())
+print(f"per-entry max {per_entry.max():.2f}, rel_error {rel_error(analytic, numeric):.1e}")
+assert per_entry.max() > 0.5 and rel_error(analytic, numeric) < 1e-7
+
+# %% [markdown]
+# Scaling by the largest entry measures the error against the size of the gradient as a
+# whole, which is what matters for learning. Its blind spot: an error confined to entries much
+# smaller than the largest one looks small. (And a gradient that is zero everywhere, like batch
+# norm's with dout = 1, cannot be checked by any relative measure.)
+#
+# ## ReLU's kink
+#
+# ReLU has no derivative at 0. If an input lies within h of 0, x - h and x + h fall on
+# different sides of the kink and the centred difference averages the two slopes:
+# (relu(x + h) - relu(x - h)) / 2h = (x + h) / 2h, anything between 0 and 1. The backward
+# pass, correctly, says 1 or 0 (0 at exactly 0, as PyTorch). The check fails, though nothing
+# is wrong:
+
+# %%
+h = 1e-6
+x_relu = rng.normal(size=(2, 3, 4, 4))
+x_relu.reshape(-1)[:6] = np.array([0.3, -0.5, 0.8, -0.2, 0.0, 0.6]) * h  # within h of 0
+kinked = check_gradients(relu_forward, relu_backward, {"x": x_relu}, h=h)
+print("inputs near 0:", kinked)
+assert kinked["x"] > 1e-3
+
+# %% [markdown]
+# The fix is in the test, not the code: nudge every input away from 0 by more than h (here by
+# 0.1, as `skscratch.gradcheck` does for its own ReLU case), and the check passes:
+
+# %%
+x_nudged = x_relu + np.where(x_relu >= 0, 0.1, -0.1)
+nudged = check_gradients(relu_forward, relu_backward, {"x": x_nudged}, h=h)
+print("inputs nudged:", nudged)
+assert nudged["x"] < 1e-6
+
+# %% [markdown]
+# In a network random activations rarely land within 1e-6 of 0, but with thousands of them a
+# rare failure of a whole-network check is to be expected; look at which entries fail before
+# looking for a bug.
+#
+# ## A gallery of planted bugs
+#
+# Each of these is a plausible mistake, written as a separate, clearly named broken backward
+# pass and checked against the correct forward pass. Each must fail (error > 1e-3) where the
+# package's passes (< 1e-6).
+#
+# ### 1. Batch norm without the mean term
+#
+# dx = istd * (dxhat - xhat * mean(dxhat * xhat)), forgetting that moving x moves mu.
+
+
+# %%
+def batchnorm_backward_without_mean_term(dout, cache):
+    """BROKEN on purpose: the mean term -mean(dxhat) is missing."""
+    _, dgamma, dbeta = batchnorm_backward(dout, cache)
+    dxhat = dout * cache.gamma[None, :, None, None]
+    var_term = cache.xhat * (dxhat * cache.xhat).mean(axis=(0, 2, 3), keepdims=True)
+    return (dxhat - var_term) * cache.inv_std[None, :, None, None], dgamma, dbeta
+
+
+bn_inputs = {"x": x_bn, "gamma": g_bn, "beta": b_bn}
+bn_fixed = {"running_mean": np.zeros(3), "running_var": np.ones(3)}
+gallery = {}
+gallery["batch norm, no mean term"] = (
+    check_gradients(
+        batchnorm_forward, batchnorm_backward_without_mean_term, bn_inputs, fixed=bn_fixed
+    ),
+    check_gradients(batchnorm_forward, batchnorm_backward, bn_inputs, fixed=bn_fixed),
+)
+print(gallery["batch norm, no mean term"])
+
+# %% [markdown]
+# The check names the culprit: dgamma and dbeta are still right, only x fails.
+
+# %%
+broken_bn = gallery["batch norm, no mean term"][0]
+assert broken_bn["x"] > 1e-3 and broken_bn["gamma"] < 1e-6 and broken_bn["beta"] < 1e-6
+#
+# ### 2. col2im that overwrites instead of adding
+#
+# The convolution's dx scatters the column gradients back to the pixels they were read from
+# (col2im). With overlapping windows a pixel was read by several columns, and its gradient is
+# the *sum* of theirs, hence the `+=` in the reference:
+
+# %%
+print(inspect.getsource(col2im_reference))
+
+
+# %% [markdown]
+# The broken copy writes `=`, so the last window to touch a pixel wins; and a conv backward
+# that takes its scatter as an argument, so the same code runs with either:
+
+
+# %%
+def col2im_overwrite(cols, x_shape, kh, kw, *, stride, padding, dilation):
+    """BROKEN on purpose: col2im_reference with `=` where it needs `+=`."""
+    n, c, h, wd = x_shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    ho, wo = conv_output_size(h, kh, sh, ph, dh), conv_output_size(wd, kw, sw, pw, dw)
+    cols = cols.reshape(n, c, kh, kw, ho, wo)
+    dx_pad = np.zeros((n, c, h + 2 * ph, wd + 2 * pw))
+    for i in range(kh):
+        for j in range(kw):
+            y0, x0 = i * dh, j * dw
+            dx_pad[:, :, y0 : y0 + sh * ho : sh, x0 : x0 + sw * wo : sw] = cols[:, :, i, j]
+    return dx_pad[:, :, ph : ph + h, pw : pw + wd]
+
+
+def conv2d_backward_with(scatter):
+    """A conv backward whose dx goes through `scatter` (a col2im); dw and db the package's."""
+
+    def backward(dout, cache):
+        _, dw, db = conv2d_backward(dout, cache)
+        n, c_in = cache.x_shape[:2]
+        c_out, c_in_g, kh, kw = cache.w.shape
+        g = cache.groups
+        dout_g = dout.reshape(n, g, c_out // g, -1)  # (N, G, C_out/G, L)
+        w_g = cache.w.reshape(g, c_out // g, c_in_g * kh * kw)  # (G, C_out/G, K)
+        dcols = np.matmul(w_g.transpose(0, 2, 1), dout_g)  # (N, G, K, L)
+        dcols = dcols.reshape(n, c_in * kh * kw, -1)  # (N, C_in*KH*KW, L)
+        options = dict(stride=cache.stride, padding=cache.padding, dilation=cache.dilation)
+        return scatter(dcols, cache.x_shape, kh, kw, **options), dw, db
+
+    return backward
+
+
+x_conv, w_conv = rng.normal(size=(2, 2, 6, 6)), rng.normal(size=(3, 2, 3, 3))
+conv_inputs = {"x": x_conv, "w": w_conv}
+overlapping = {"padding": 1}  # 3x3 windows, stride 1: every pixel is read up to 9 times
+gallery["col2im overwrites"] = (
+    check_gradients(
+        conv2d_forward, conv2d_backward_with(col2im_overwrite), conv_inputs, fixed=overlapping
+    ),
+    check_gradients(
+        conv2d_forward, conv2d_backward_with(col2im_reference), conv_inputs, fixed=overlapping
+    ),
+)
+print(gallery["col2im overwrites"])
+
+# %% [markdown]
+# A test with non-overlapping windows would miss this bug: with a 2x2 kernel and stride 2 each
+# pixel is read once, and `=` and `+=` agree. Test cases must include overlap.
+
+# %%
+disjoint = {"stride": 2}
+w_2x2 = rng.normal(size=(3, 2, 2, 2))
+missed = check_gradients(
+    conv2d_forward,
+    conv2d_backward_with(col2im_overwrite),
+    {"x": x_conv, "w": w_2x2},
+    fixed=disjoint,
+)
+print("2x2 windows, stride 2:", missed)
+assert missed["x"] < 1e-6
+
+# %% [markdown]
+# ### 3. Branch softmax summed over the wrong axis
+#
+# The SK unit's attention is a softmax over the M branches, axis 1 of (N, M, C), and its
+# backward is dz = a * (da - sum_m da * a), the sum over that same axis. Summing over the
+# channels (axis 2) instead still broadcasts, so nothing complains:
+
+
+# %%
+def branch_softmax_backward_wrong_axis(da, cache):
+    """BROKEN on purpose: the sum over branches taken over channels (axis 2) instead."""
+    a = cache.a
+    return a * (da - (da * a).sum(axis=2, keepdims=True))
+
+
+softmax_inputs = {"logits": rng.normal(size=(3, 2, 5))}  # (N, M, C)
+gallery["softmax, wrong axis"] = (
+    check_gradients(branch_softmax_forward, branch_softmax_backward_wrong_axis, softmax_inputs),
+    check_gradients(branch_softmax_forward, branch_softmax_backward, softmax_inputs),
+)
+print(gallery["softmax, wrong axis"])
+
+# %% [markdown]
+# ### 4. A grouped weight with its in and out channels swapped
+#
+# A grouped conv weight (C_out, C_in/G, KH, KW) holds, for each group g, a
+# (C_out/G, C_in/G, KH, KW) block. Mixing up which axis is "in" and which is "out" inside the
+# group swaps those two axes. When C_in/G == C_out/G, the swapped weight has exactly the
+# original shape, every reshape and product still fits, and only a gradient check can tell.
+# Here C_in = C_out = 4 and G = 2, so both are 2 per group:
+
+
+# %%
+def conv2d_backward_swapped_group_weight(dout, cache):
+    """BROKEN on purpose: dx computed with each group's (out, in) weight axes swapped."""
+    _, dw, db = conv2d_backward(dout, cache)
+    c_out, c_in_g, kh, kw = cache.w.shape
+    g = cache.groups
+    per_group = cache.w.reshape(g, c_out // g, c_in_g, kh, kw)  # (G, C_out/G, C_in/G, KH, KW)
+    swapped = per_group.swapaxes(1, 2)  # (G, C_in/G, C_out/G, KH, KW): no error if they are equal
+    dx, _, _ = conv2d_backward(dout, cache._replace(w=swapped.reshape(cache.w.shape)))
+    return dx, dw, db
+
+
+grouped_inputs = {"x": rng.normal(size=(2, 4, 5, 5)), "w": rng.normal(size=(4, 2, 3, 3))}
+grouped = {"padding": 1, "groups": 2}
+gallery["grouped weight swapped"] = (
+    check_gradients(
+        conv2d_forward, conv2d_backward_swapped_group_weight, grouped_inputs, fixed=grouped
+    ),
+    check_gradients(conv2d_forward, conv2d_backward, grouped_inputs, fixed=grouped),
+)
+print(gallery["grouped weight swapped"])
+
+# %% [markdown]
+# ### The verdict
+#
+# In every case the broken backward fails on x (the gradient it gets wrong) by far more than
+# 1e-3, while the package's passes every input below 1e-6:
+
+# %%
+print(f"{'planted bug':28} {'broken dx':>10} {'package (worst input)':>22}")
+for name, (broken, package) in gallery.items():
+    dx_key = "logits" if "logits" in broken else "x"
+    print(f"{name:28} {broken[dx_key]:10.1e} {max(package.values()):22.1e}")
+    assert broken[dx_key] > 1e-3
+    assert max(package.values()) < 1e-6
+
+# %% [markdown]
+# ## Summary
+#
+# - Centred differences, error O(h^2); one-sided ones are O(h).
+# - Truncation falls and rounding rises as h shrinks: in float64 h = 1e-6 gives 1e-9 or better;
+#   float32 cannot do better than about 1e-5, so check in float64.
+# - Weight the output by a random dout, and measure the error relative to the largest entry.
+# - Keep inputs away from kinks (ReLU at 0) by more than h.
+# - Plant a bug to see that a check can fail: a check that cannot fail proves nothing.
