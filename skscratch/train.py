@@ -319,14 +319,19 @@ def plot_history(history: list[dict], path: Path) -> bool:
     return True
 
 
-def load_model(path: str | Path) -> tuple[SKResNeXt, dict]:
-    """Rebuild the model stored in a checkpoint; return (model in eval mode, meta)."""
+def load_model(path: str | Path) -> tuple[SKResNeXt, NDArray, NDArray]:
+    """Rebuild the model stored in a checkpoint.
+
+    Returns (model in evaluation mode, mean (3,), std (3,)): the normalisation it was trained with.
+    """
     meta, model_state, _ = load_checkpoint(Path(path))
     try:
         model = SKResNeXt(SKNetConfig.from_dict(meta["model_config"]))
         model.load_state_dict(model_state)
+        norm = meta["normalization"]
+        mean, std = (np.array(norm[k], dtype=np.float32) for k in ("mean", "std"))
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(
             f"{path} does not hold a model this skscratch can build: {exc}"
         ) from exc
-    return model.eval(), meta
+    return model.eval(), mean, std

@@ -386,8 +386,7 @@ def test_evaluate_command_prints_accuracy_and_every_class(runs, archive, fake_da
         assert re.fullmatch(rf"\s+{name}\s+(\d\.\d{{4}}|nan)", line), line
 
     # The numbers are those of the checkpoint's model on the test images.
-    model, meta = load_model(runs["a"] / "checkpoint.npz")
-    mean, std = (np.array(meta["normalization"][k], np.float32) for k in ("mean", "std"))
+    model, mean, std = load_model(runs["a"] / "checkpoint.npz")
     expected = evaluate(model, fake_data.x_test, fake_data.y_test, mean, std)
     assert match.group(1) == f"{expected['accuracy']:.4f}"
     for line, acc in zip(lines[1:], expected["per_class_accuracy"], strict=True):
