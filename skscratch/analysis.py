@@ -89,13 +89,12 @@ def attention_by_scale(
     return {"factors": list(factors), "n_images": int(len(images)), "units": units}
 
 
-def plot_results(result: dict, out_dir: Path) -> list[Path]:
-    """Write the two figures of the experiment to out_dir; return their paths."""
+def plot_results(result: dict) -> dict:
+    """The two figures of the experiment: {"attention_per_channel": fig,
+    "attention_per_unit": fig} (matplotlib figures)."""
     from skscratch.plots import pyplot
 
     plt = pyplot()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     factors, units = result["factors"], result["units"]
     names = list(units)
 
@@ -109,9 +108,7 @@ def plot_results(result: dict, out_dir: Path) -> list[Path]:
         ax.legend(title="object size", fontsize=8)
     fig.suptitle("Attention difference per channel, averaged over the test images")
     fig.tight_layout()
-    per_channel = out_dir / "attention_per_channel.png"
-    fig.savefig(per_channel, dpi=100)
-    plt.close(fig)
+    per_channel = fig
 
     fig, ax = plt.subplots(figsize=(1.6 * len(names) + 3, 3.6))
     width = 0.8 / len(factors)
@@ -128,10 +125,7 @@ def plot_results(result: dict, out_dir: Path) -> list[Path]:
     ax.set(ylabel="mean attention: dilated - plain", title="Mean over channels, per SK unit")
     ax.legend(title="object size")
     fig.tight_layout()
-    per_unit = out_dir / "attention_per_unit.png"
-    fig.savefig(per_unit, dpi=100)
-    plt.close(fig)
-    return [per_channel, per_unit]
+    return {"attention_per_channel": per_channel, "attention_per_unit": fig}
 
 
 def write_results(result: dict, out_dir: Path) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 TOLERANCE = 1e-6
 
@@ -94,7 +95,10 @@ def _analyze(args: argparse.Namespace) -> int:
     data = load_cifar10(args.data)
     images = data.x_test[: args.subset]
     result = attention_by_scale(model, images, mean, std, factors=tuple(args.factors))
-    written = [write_results(result, args.out), *plot_results(result, args.out)]
+    written = [write_results(result, args.out)]
+    for name, fig in plot_results(result).items():
+        written.append(Path(args.out) / f"{name}.png")
+        fig.savefig(written[-1], dpi=100)
     print(
         f"mean attention on the dilated branch minus the plain one, over {len(images)} test images:"
     )

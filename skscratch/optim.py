@@ -71,9 +71,10 @@ class SGD:
 def learning_rate(
     step: int, total_steps: int, *, peak: float, warmup_steps: int, kind: str = "cosine"
 ) -> float:
-    """The learning rate at `step` (0-based) of `total_steps`: linear warm-up to `peak` over
-    `warmup_steps`, then down to 0 at the end, along a half cosine or a straight line
-    (kind="onecycle")."""
+    """The learning rate at `step` (0-based) of `total_steps`: a linear warm-up that reaches
+    `peak` at step warmup_steps - 1, then a fall from `peak` (again at step warmup_steps) towards
+    0, along a half cosine or a straight line (kind="onecycle"); 0 would be step total_steps,
+    one after the last."""
     if kind not in ("cosine", "onecycle"):
         raise ValueError(f"kind must be 'cosine' or 'onecycle', got {kind!r}")
     if step < warmup_steps:

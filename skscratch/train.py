@@ -33,6 +33,7 @@ from skscratch.losses import softmax_cross_entropy
 from skscratch.models import SKNetConfig, SKResNeXt
 from skscratch.nn import Module
 from skscratch.optim import SGD, learning_rate
+from skscratch.plots import pyplot
 
 CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.jsonl"
@@ -295,12 +296,9 @@ def write_metrics(path: Path, history: list[dict]) -> None:
 def plot_history(history: list[dict], path: Path) -> bool:
     """Plot loss and accuracy per epoch to a PNG. Returns False if matplotlib is missing."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed (pip install 'skscratch[plot]'): no curves plotted")
+        plt = pyplot()
+    except ImportError as exc:
+        print(f"{exc}: no curves plotted")
         return False
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
