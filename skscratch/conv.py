@@ -69,7 +69,7 @@ class ConvCache(NamedTuple):
 def _choose_method(method: str | None, stride, c_in_g: int, groups: int) -> str:
     method = method or os.environ.get("SKSCRATCH_CONV") or "auto"
     if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        raise ValueError(f"method (or $SKSCRATCH_CONV) must be one of {METHODS}, got {method!r}")
     if method == "auto":
         direct = stride == (1, 1) and groups > 1 and c_in_g <= DIRECT_MAX_GROUP_WIDTH
         return "direct" if direct else "im2col"
