@@ -10,18 +10,26 @@ from skscratch.activations import (
     relu_backward,
     relu_forward,
 )
-from skscratch.batchnorm import batchnorm_backward, batchnorm_forward
+from skscratch.batchnorm import (
+    batchnorm_backward,
+    batchnorm_forward,
+    batchnorm_relu_backward,
+    batchnorm_relu_forward,
+)
 from skscratch.conv import conv2d_backward, conv2d_forward
 from skscratch.im2col import col2im, col2im_reference, conv_output_size, im2col, im2col_reference
 from skscratch.linear import linear_backward, linear_forward
 from skscratch.losses import softmax_cross_entropy
 from skscratch.pooling import global_avg_pool_backward, global_avg_pool_forward
+from skscratch.sk import sk_unit_backward, sk_unit_forward
 
 __version__ = "0.1.0"
 
 __all__ = [
     "batchnorm_backward",
     "batchnorm_forward",
+    "batchnorm_relu_backward",
+    "batchnorm_relu_forward",
     "branch_softmax_backward",
     "branch_softmax_forward",
     "col2im",
@@ -37,5 +45,7 @@ __all__ = [
     "linear_forward",
     "relu_backward",
     "relu_forward",
+    "sk_unit_backward",
+    "sk_unit_forward",
     "softmax_cross_entropy",
 ]
