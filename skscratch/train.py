@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,7 +37,13 @@ from skscratch.nn import Module
 from skscratch.optim import SGD, learning_rate
 from skscratch.plots import pyplot
 
+try:
+    import fcntl
+except ImportError:  # Windows has no fcntl: runs there are not locked against each other
+    fcntl = None
+
 CHECKPOINT = "checkpoint.npz"
+LOCK = ".lock"
 METRICS = "metrics.jsonl"
 CURVES = "curves.png"
 
@@ -153,7 +161,40 @@ def run_training(
     """
     reuse_freed_memory()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TrainingError(f"cannot create the output folder {out}: {exc.strerror}") from exc
+    with _exclusive(out):
+        return _run(data, out, model_config, config, resume, progress)
+
+
+@contextmanager
+def _exclusive(out: Path):
+    """Hold an exclusive lock on out/.lock while training, so that two runs never write to one
+    folder. The operating system releases the lock when the process ends, however it ends, so
+    a crashed run never leaves the folder locked."""
+    try:
+        f = open(out / LOCK, "a+")  # closed by the `with` below, which also drops the lock
+    except OSError as exc:
+        raise TrainingError(f"cannot write to the output folder {out}: {exc.strerror}") from exc
+    with f:
+        if fcntl is not None:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                raise TrainingError(
+                    f"{out} is in use by another training run ({f.read().strip()}); wait for it "
+                    f"to finish or choose another --out"
+                ) from None
+        f.truncate(0)
+        f.write(f"process {os.getpid()}")
+        f.flush()
+        yield
+
+
+def _run(data, out, model_config, config, resume, progress):
     ckpt_path = out / CHECKPOINT
     if resume:
         meta, model_state, optim_state = load_checkpoint(ckpt_path)
@@ -195,6 +236,15 @@ def run_training(
     warmup = round(config.warmup_epochs * n_batches)
 
     def save():
+        try:
+            _save()
+        except OSError as exc:
+            raise TrainingError(
+                f"could not write the checkpoint {ckpt_path}: {exc.strerror}. The previous "
+                f"checkpoint, if any, is intact."
+            ) from exc
+
+    def _save():
         meta = {
             "model_config": model_config.to_dict(),
             "train_config": asdict(config),
@@ -275,7 +325,10 @@ def run_training(
                 "seconds": 0.0,
             }
             save()
-            write_metrics(out / METRICS, history)
+            try:
+                write_metrics(out / METRICS, history)
+            except OSError as exc:
+                raise TrainingError(f"could not write {out / METRICS}: {exc.strerror}") from exc
             if progress:
                 h = history[-1]
                 tqdm.write(

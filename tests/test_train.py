@@ -167,9 +167,11 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 _PROGRESS = re.compile(rb"epoch (\d+)/\d+:\s*\d+%\|[^|\r\n]*\|\s*(\d+)/(\d+)")
 
 
-def interrupt_after(proc: subprocess.Popen, step: int, timeout: float = 240) -> bytes:
+def interrupt_after(
+    proc: subprocess.Popen, step: int, timeout: float = 240, sig: int = signal.SIGINT
+) -> bytes:
     """Read proc's progress bars (stderr) until they show `step` finished steps over all
-    epochs, then send SIGINT once. Returns the stderr read so far."""
+    epochs, then send `sig` (SIGINT) once. Returns the stderr read so far."""
     sel = selectors.DefaultSelector()
     sel.register(proc.stderr, selectors.EVENT_READ)
     seen, deadline = b"", time.monotonic() + timeout
@@ -183,7 +185,7 @@ def interrupt_after(proc: subprocess.Popen, step: int, timeout: float = 240) -> 
         seen += chunk
         done = [(int(e) - 1) * int(total) + int(b) for e, b, total in _PROGRESS.findall(seen)]
         if done and max(done) >= step:
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(sig)
             return seen
     proc.kill()
     pytest.fail(f"the run never reached step {step}; its stderr:\n{seen.decode(errors='replace')}")

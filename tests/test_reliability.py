@@ -1,0 +1,135 @@
+"""Interrupted, concurrent and failing runs: the output folder is never left damaged or stuck."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from test_train import (
+    EPOCHS,
+    STEPS_PER_EPOCH,
+    TRAIN_ARGS,
+    _env,
+    fake_cifar,
+    interrupt_after,
+    snapshot,
+    write_archive,
+)
+
+import skscratch.checkpoint
+from skscratch.models import PRESETS
+from skscratch.train import LOCK, TrainConfig, TrainingError, _exclusive, run_training
+
+CONFIG = TrainConfig(epochs=2, batch_size=32, subset=64, test_subset=16)
+
+
+def train(out, **kwargs):
+    return run_training(
+        fake_cifar(), out, model_config=PRESETS["tiny"], config=CONFIG, progress=False, **kwargs
+    )
+
+
+def test_a_second_run_on_a_folder_in_use_refuses(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    with _exclusive(out):  # as a run in progress holds it
+        with pytest.raises(TrainingError, match="in use by another training run"):
+            train(out)
+        with pytest.raises(TrainingError, match="in use by another training run"):
+            train(out, resume=True)
+    assert not (out / "checkpoint.npz").exists()
+
+
+def test_the_lock_of_a_killed_run_does_not_stay(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from skscratch.train import _exclusive\n"
+            "with _exclusive(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(600)",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(TrainingError, match="in use"):
+            train(out)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    assert (out / LOCK).exists()  # the file stays, but nothing holds it any more
+    history = train(out)
+    assert len(history) == 2
+
+
+def test_an_output_path_that_cannot_be_a_folder_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(TrainingError, match="cannot create the output folder"):
+        train(blocker / "run")
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_metrics(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    real_savez = np.savez
+    calls = {"n": 0}
+
+    def savez_that_fills_the_disk(f, **arrays):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return real_savez(f, **arrays)
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(skscratch.checkpoint.np, "savez", savez_that_fills_the_disk)
+    with pytest.raises(TrainingError, match="No space left on device") as info:
+        train(out)
+    assert "previous checkpoint" in str(info.value)
+    before = snapshot(out)
+    assert sorted(before) == [LOCK, "checkpoint.npz", "metrics.jsonl"], sorted(before)
+    assert before["metrics.jsonl"].count(b"\n") == 1  # epoch 1, whole
+    # The checkpoint of epoch 1 is whole and resumes.
+    monkeypatch.setattr(skscratch.checkpoint.np, "savez", real_savez)
+    history = train(out, resume=True)
+    assert [h["epoch"] for h in history] == [1, 2]
+
+
+def test_sigterm_leaves_a_checkpoint_that_resumes_bit_for_bit(tmp_path):
+    archive = write_archive(tmp_path / "cifar-10-python.tar.gz", fake_cifar())
+    command = [sys.executable, "-m", "skscratch", "train", "--data", str(archive), *TRAIN_ARGS]
+    subprocess.run(
+        [*command, "--out", str(tmp_path / "a")], check=True, env=_env(), capture_output=True
+    )
+    proc = subprocess.Popen(
+        [*command, "--out", str(tmp_path / "b")],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    step = int(np.random.default_rng(7).integers(2, EPOCHS * STEPS_PER_EPOCH - 6))
+    interrupt_after(proc, step, sig=signal.SIGTERM)
+    proc.stderr.read()
+    assert proc.wait(timeout=300) == 130
+    subprocess.run(
+        [*command[:4], "--out", str(tmp_path / "b"), "--resume", "--data", str(archive)],
+        check=True,
+        env=_env(),
+        capture_output=True,
+    )
+    with (
+        np.load(tmp_path / "a" / "checkpoint.npz", allow_pickle=False) as a,
+        np.load(tmp_path / "b" / "checkpoint.npz", allow_pickle=False) as b,
+    ):
+        assert sorted(a.files) == sorted(b.files)
+        for key in a.files:
+            if key != "meta":
+                assert np.array_equal(a[key], b[key]), key
