@@ -133,3 +133,30 @@ def test_sigterm_leaves_a_checkpoint_that_resumes_bit_for_bit(tmp_path):
         for key in a.files:
             if key != "meta":
                 assert np.array_equal(a[key], b[key]), key
+
+
+def test_a_checkpoint_from_a_newer_format_says_so(tmp_path):
+    from skscratch.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint
+
+    path = tmp_path / "future.npz"
+    skscratch.checkpoint.save_checkpoint(
+        path, {"format_version": FORMAT_VERSION + 1}, {"w": np.zeros(2)}, {}
+    )
+    with pytest.raises(CheckpointError, match=rf"format {FORMAT_VERSION + 1}.*Upgrade"):
+        load_checkpoint(path)
+
+
+def test_a_checkpoint_holding_a_pickle_is_refused_without_running_it(tmp_path):
+    from skscratch.checkpoint import CheckpointError, load_checkpoint
+
+    marker = tmp_path / "marker"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.npz"
+    np.savez(path, meta=np.array('{"format_version": 1}'), **{"model.w": np.array([Payload()])})
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(path)
+    assert not marker.exists()
