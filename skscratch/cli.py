@@ -133,11 +133,21 @@ def _positive_float(value: str) -> float:
     return x
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (and exit status 2), pointing at --help instead of printing
+    the whole usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="skscratch", description="Selective Kernel Networks from scratch in NumPy."
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="command", parser_class=_Parser
+    )
     p = commands.add_parser(
         "gradcheck",
         help="check every operation's backward pass against finite differences",

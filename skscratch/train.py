@@ -191,6 +191,10 @@ def _exclusive(out: Path):
         f.truncate(0)
         f.write(f"process {os.getpid()}")
         f.flush()
+        # A run killed while writing leaves its temporary file (never the real one): clear it.
+        for name in (CHECKPOINT, METRICS, CURVES):
+            for leftover in out.glob(f".{name}.*.tmp"):
+                leftover.unlink()
         yield
 
 

@@ -160,3 +160,82 @@ def test_a_checkpoint_holding_a_pickle_is_refused_without_running_it(tmp_path):
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
         load_checkpoint(path)
     assert not marker.exists()
+
+
+def test_a_kill_while_writing_a_checkpoint_keeps_the_old_one(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    path = out / "checkpoint.npz"
+    path.write_bytes(b"the previous checkpoint")
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path\n"
+            "from skscratch.checkpoint import atomic_write\n"
+            "def write(f):\n"
+            "    f.write(b'half of a new one'); f.flush(); print('writing', flush=True)\n"
+            "    time.sleep(600)\n"
+            "atomic_write(Path(sys.argv[1]), write)",
+            str(path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert writer.stdout.readline().strip() == "writing"
+    writer.send_signal(signal.SIGKILL)
+    writer.wait(timeout=30)
+    assert path.read_bytes() == b"the previous checkpoint"
+    leftovers = list(out.glob(".checkpoint.npz.*.tmp"))
+    assert len(leftovers) == 1  # the killed writer's temporary file
+    with _exclusive(out):  # the next run clears it
+        assert not list(out.glob(".checkpoint.npz.*.tmp"))
+    assert path.read_bytes() == b"the previous checkpoint"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--epochs", "-1"], "--epochs: must be at least 1"),
+        (["train", "--batch-size", "0"], "--batch-size: must be at least 1"),
+        (["train", "--lr", "nan"], "--lr: must be positive"),
+        (["train", "--schedule", "linear"], "invalid choice: 'linear'"),
+        (["train", "--model", "huge"], "invalid choice: 'huge'"),
+        (["analyze", "x.npz", "--factors", "0.5"], "factors must be at least 1"),
+        (["evaluate"], "the following arguments are required: checkpoint"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ],
+)
+def test_command_line_nonsense_is_one_line_and_status_2(capsys, args, message):
+    from skscratch import cli
+
+    with pytest.raises(SystemExit) as info:
+        cli.main(args)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert message in err, err
+
+
+def test_a_batch_larger_than_the_data_is_one_line_and_status_2(capsys, tmp_path):
+    from skscratch import cli
+
+    archive = write_archive(tmp_path / "cifar-10-python.tar.gz", fake_cifar(n_train=20))
+    code = cli.main(
+        [
+            "train",
+            "--data",
+            str(archive),
+            "--batch-size",
+            "64",
+            "--out",
+            str(tmp_path / "run"),
+            "--model",
+            "tiny",
+            "--quiet",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert "larger than the 20 training images" in err, err
