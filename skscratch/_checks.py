@@ -37,6 +37,41 @@ def float_array(name: str, a: object, ndim: int | Sequence[int] | None = None) -
     return arr
 
 
+def int_array(name: str, a: object) -> NDArray:
+    """Return `a` as an integer ndarray, or raise naming `name`; bool does not count."""
+    try:
+        arr = np.asarray(a)
+    except (ValueError, TypeError) as exc:
+        raise TypeError(f"{name} must be an array of integers, got {type(a).__name__}") from exc
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be integers, got dtype {arr.dtype}")
+    return arr
+
+
+def nonempty(name: str, a: NDArray, *, batch: bool = True) -> None:
+    """Refuse an axis of size 0, except the batch axis (axis 0) when `batch`.
+
+    An empty batch has an empty result, which the operations return; an empty channel axis,
+    image plane or kernel is nearly always a bug in the caller.
+    """
+    for axis in range(1 if batch else 0, a.ndim):
+        if a.shape[axis] == 0:
+            only = " (only the batch axis, axis 0, may be empty)" if batch else ""
+            raise ValueError(f"{name} must have a non-empty axis {axis}{only}, got shape {a.shape}")
+
+
+def int_tuple(name: str, value: object) -> tuple[int, ...]:
+    """A sequence of ints (a tuple, a list or a 1-D integer array) as a tuple of ints."""
+    sequence = isinstance(value, (tuple, list)) or (
+        isinstance(value, np.ndarray) and value.ndim == 1
+    )
+    if not sequence or not all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value
+    ):
+        raise TypeError(f"{name} must be a sequence of ints, got {value!r}")
+    return tuple(int(v) for v in value)
+
+
 def same_dtype(name: str, a: NDArray, ref_name: str, ref: NDArray) -> None:
     """Refuse to mix float32 and float64, which would silently promote the result."""
     if a.dtype != ref.dtype:

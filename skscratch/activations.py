@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
-from skscratch._checks import float_array, same_dtype, shape_is
+from skscratch._checks import float_array, nonempty, same_dtype, shape_is
 
 
 class ReluCache(NamedTuple):
@@ -52,6 +52,7 @@ class BranchSoftmaxCache(NamedTuple):
 def branch_softmax_forward(logits: NDArray) -> tuple[NDArray, BranchSoftmaxCache]:
     """Softmax over the branch axis. logits: (N, M, C). Returns a: (N, M, C), sums 1 over M."""
     z = float_array("logits", logits, ndim=3)
+    nonempty("logits", z)
     e = np.exp(z - z.max(axis=1, keepdims=True))
     a = e / e.sum(axis=1, keepdims=True)
     return a, BranchSoftmaxCache(a)

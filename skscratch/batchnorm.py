@@ -30,7 +30,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from skscratch import _kernels
-from skscratch._checks import float_array, same_dtype, shape_is
+from skscratch._checks import float_array, nonempty, same_dtype, shape_is
 
 
 class BatchNormCache(NamedTuple):
@@ -94,6 +94,7 @@ def _running_stats(params, mu, var, x, training, momentum):
 
 def _checked_params(x, gamma, beta, running_mean, running_var, training, momentum, eps):
     """Check the per-channel arrays against x; return them by name as arrays."""
+    nonempty("x", x)
     c = x.shape[1]
     if training and x.size // max(c, 1) < 2:
         raise ValueError(

@@ -39,7 +39,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from skscratch import _kernels
-from skscratch._checks import float_array, pair, positive_int, same_dtype, shape_is
+from skscratch._checks import (
+    float_array,
+    nonempty,
+    pair,
+    positive_int,
+    same_dtype,
+    shape_is,
+)
 from skscratch.im2col import (
     col2im,
     col2im_reference,
@@ -96,6 +103,8 @@ def conv2d_forward(
     """
     x = float_array("x", x, ndim=4)
     w = float_array("w", w, ndim=4)
+    nonempty("x", x)
+    nonempty("w", w, batch=False)
     same_dtype("w", w, "x", x)
     groups = positive_int("groups", groups)
     n, c_in, h, wd = x.shape
@@ -133,7 +142,7 @@ def conv2d_forward(
     else:
         gather = im2col_reference if method == "reference" else im2col
         cols = gather(x, kh, kw, stride=stride, padding=padding, dilation=dilation)
-        saved = cols.reshape(n, groups, c_in_g * kh * kw, -1)  # (N, G, K, L)
+        saved = cols.reshape(n, groups, c_in_g * kh * kw, h_out * w_out)  # (N, G, K, L)
         w_g = w.reshape(groups, c_out // groups, c_in_g * kh * kw)  # (G, C_out/G, K)
         out = np.matmul(w_g, saved)  # (N, G, C_out/G, L)
         out = out.reshape(n, c_out, h_out, w_out)

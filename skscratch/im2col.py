@@ -27,7 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from skscratch import _kernels
-from skscratch._checks import float_array, pair, positive_int
+from skscratch._checks import float_array, int_tuple, nonempty, pair, positive_int
 
 IntOrPair = int | Sequence[int]
 
@@ -61,6 +61,7 @@ def im2col_reference(x: NDArray, kh: int, kw: int, *, stride=1, padding=0, dilat
     x: (N, C, H, W). Returns cols: (N, C*KH*KW, H_out*W_out), rows ordered (c, i, j).
     """
     x = float_array("x", x, ndim=4)
+    nonempty("x", x)
     kh, kw, (sh, sw), (ph, pw), (dh, dw), (ho, wo) = _geometry(
         x.shape, kh, kw, stride, padding, dilation
     )
@@ -100,6 +101,7 @@ def im2col(x: NDArray, kh: int, kw: int, *, stride=1, padding=0, dilation=1) -> 
     x: (N, C, H, W). Returns cols: (N, C*KH*KW, H_out*W_out).
     """
     x = float_array("x", x, ndim=4)
+    nonempty("x", x)
     kh, kw, (sh, sw), (ph, pw), (dh, dw), (ho, wo) = _geometry(
         x.shape, kh, kw, stride, padding, dilation
     )
@@ -131,9 +133,9 @@ def _is_pointwise(kh, kw, sh, sw, ph, pw) -> bool:
 def _checked_col2im_args(cols, x_shape, kh, kw, stride, padding, dilation):
     """Check col2im's arguments; return cols as an array, x_shape as a tuple, the geometry."""
     cols = float_array("cols", cols, ndim=3)
-    shape = tuple(int(s) for s in x_shape)
-    if len(shape) != 4 or min(shape) < 0:
-        raise ValueError(f"x_shape must be (N, C, H, W), got {tuple(x_shape)}")
+    shape = int_tuple("x_shape", x_shape)
+    if len(shape) != 4 or shape[0] < 0 or min(shape[1:]) < 1:
+        raise ValueError(f"x_shape must be (N, C, H, W) with N >= 0 and C, H, W >= 1, got {shape}")
     geometry = _geometry(shape, kh, kw, stride, padding, dilation)
     kh, kw, _, _, _, (ho, wo) = geometry
     expected = (shape[0], shape[1] * kh * kw, ho * wo)

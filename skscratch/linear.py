@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 from numpy.typing import NDArray
 
-from skscratch._checks import float_array, same_dtype, shape_is
+from skscratch._checks import float_array, nonempty, same_dtype, shape_is
 
 
 class LinearCache(NamedTuple):
@@ -26,6 +26,8 @@ def linear_forward(x: NDArray, w: NDArray, b: NDArray | None = None) -> tuple[ND
     """x: (N, D_in); w: (D_out, D_in); b: (D_out,) or None. Returns (out (N, D_out), cache)."""
     x = float_array("x", x, ndim=2)
     w = float_array("w", w, ndim=2)
+    nonempty("x", x)
+    nonempty("w", w, batch=False)
     same_dtype("w", w, "x", x)
     if w.shape[1] != x.shape[1]:
         raise ValueError(

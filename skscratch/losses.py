@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from skscratch._checks import float_array
+from skscratch._checks import float_array, int_array, nonempty
 
 
 def softmax_cross_entropy(logits: NDArray, labels: NDArray) -> tuple[float, NDArray]:
@@ -22,16 +22,15 @@ def softmax_cross_entropy(logits: NDArray, labels: NDArray) -> tuple[float, NDAr
     Returns (loss, dlogits): the mean loss as a float and its gradient (N, K), in the logits' dtype.
     """
     z = float_array("logits", logits, ndim=2)
-    labels = np.asarray(labels)
-    if labels.dtype.kind not in "iu":
-        raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
+    if z.shape[0] == 0:
+        raise ValueError("logits must hold at least one example, got N = 0")
+    nonempty("logits", z)
+    labels = int_array("labels", labels)
     n, k = z.shape
     if labels.shape != (n,):
         raise ValueError(
             f"labels must have shape ({n},) to match logits {z.shape}, got {labels.shape}"
         )
-    if n == 0:
-        raise ValueError("logits must hold at least one example, got N = 0")
     if labels.min() < 0 or labels.max() >= k:
         raise ValueError(
             f"labels must lie in [0, {k}), got values from {labels.min()} to {labels.max()}"

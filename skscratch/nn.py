@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
+from skscratch._checks import float_array
 from skscratch.activations import relu_backward, relu_forward
 from skscratch.batchnorm import (
     BatchNormReluCache,
@@ -206,6 +207,7 @@ class BatchNorm(Module):
         self.relu, self.momentum, self.eps = relu, momentum, eps
 
     def forward(self, x):
+        x = float_array("x", x, ndim=(2, 4))
         args = (
             x,
             self.params["weight"].data,

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
-from skscratch._checks import float_array, shape_is
+from skscratch._checks import float_array, nonempty, shape_is
 
 
 class PoolCache(NamedTuple):
@@ -23,8 +23,7 @@ class PoolCache(NamedTuple):
 def global_avg_pool_forward(x: NDArray) -> tuple[NDArray, PoolCache]:
     """x: (N, C, H, W) with H*W >= 1. Returns (out (N, C), cache)."""
     x = float_array("x", x, ndim=4)
-    if x.shape[2] * x.shape[3] == 0:
-        raise ValueError(f"x must have a non-empty H x W plane, got shape {x.shape}")
+    nonempty("x", x)
     return x.mean(axis=(2, 3)), PoolCache(x.shape, x.dtype)
 
 

@@ -30,12 +30,13 @@ updated, in `cache.running_stats`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
 
-from skscratch._checks import float_array, positive_int
+from skscratch._checks import float_array, nonempty, positive_int, same_dtype
 from skscratch.activations import (
     branch_softmax_backward,
     branch_softmax_forward,
@@ -82,31 +83,33 @@ def _shapes(c: int, branches: int, groups: int, d: int) -> dict[str, tuple[int, 
     return shapes
 
 
-def _check_params(params: dict[str, NDArray], channels: int, groups: int) -> int:
-    """Check every key and shape of `params` for input of `channels` channels; return M.
+def _check_params(params: dict[str, NDArray], x: NDArray, groups: int) -> int:
+    """Check every key, shape and dtype of `params` for the input x; return M.
 
     M is the highest branch index among the convs.* and bns.* keys, plus one, so a missing
     branch is reported as missing. d is read from the arrays that carry it (fc.weight, the four
     fc_bn arrays, select.weight), taking the value most of them agree on, so that the one
     wrong array is the one named.
     """
+    if not isinstance(params, Mapping):
+        raise TypeError(f"params must be a dict of arrays, got {type(params).__name__}")
+    channels = x.shape[1]
     if channels % groups:
         raise ValueError(f"input channels ({channels}) must be divisible by groups ({groups})")
+    arrays = {key: float_array(f"params[{key!r}]", value) for key, value in params.items()}
     indices = [
         int(k.split(".")[1])
-        for k in params
+        for k in arrays
         if k.startswith(("convs.", "bns.")) and k.split(".")[1].isdigit()
     ]
     if not indices:
         raise ValueError("params must hold at least one branch, 'convs.0.weight' and 'bns.0.*'")
     branches = max(indices) + 1
-    d_votes = [
-        np.shape(params[k])[0] for k in params if k.startswith("fc_bn.") and np.ndim(params[k])
-    ]
+    d_votes = [a.shape[0] for k, a in arrays.items() if k.startswith("fc_bn.") and a.ndim]
     d_votes += [
-        np.shape(params[k])[i]
+        arrays[k].shape[i]
         for k, i in (("fc.weight", 0), ("select.weight", 1))
-        if k in params and np.ndim(params[k]) == 2
+        if k in arrays and arrays[k].ndim == 2
     ]
     d = max(set(d_votes), key=d_votes.count) if d_votes else 1
     expected = _shapes(channels, branches, groups, d)
@@ -117,11 +120,12 @@ def _check_params(params: dict[str, NDArray], channels: int, groups: int) -> int
     if unexpected:
         raise ValueError(f"params has unexpected keys {unexpected}")
     for key, shape in expected.items():
-        if np.shape(params[key]) != shape:
+        if arrays[key].shape != shape:
             raise ValueError(
                 f"params[{key!r}] must have shape {shape} for {channels} channels, {groups} "
-                f"groups, {branches} branches and d = {d}; got {np.shape(params[key])}"
+                f"groups, {branches} branches and d = {d}; got {arrays[key].shape}"
             )
+        same_dtype(f"params[{key!r}]", arrays[key], "x", x)
     return branches
 
 
@@ -160,8 +164,14 @@ def sk_unit_forward(
     holds the attention (N, M, C) and `running_stats` the updated batch-norm statistics.
     """
     x = float_array("x", x, ndim=4)
+    nonempty("x", x)
+    if training and x.shape[0] < 2:
+        raise ValueError(
+            f"x must hold at least 2 images in training mode (the batch norm of the fuse step "
+            f"normalises over the batch), got shape {x.shape}"
+        )
     groups = positive_int("groups", groups)
-    n_branches = _check_params(params, x.shape[1], groups)
+    n_branches = _check_params(params, x, groups)
     bn = dict(training=training, momentum=momentum, eps=eps)
     stats: dict[str, NDArray] = {}
 
@@ -221,6 +231,7 @@ def sk_unit_backward(dout: NDArray, cache: SKCache) -> tuple[NDArray, dict[str, 
     keys of the parameters (not the running statistics)."""
     dout = float_array("dout", dout, ndim=4)
     branches, a = cache.branches, cache.a
+    same_dtype("dout", dout, "the forward input", branches[0])
     if dout.shape != branches[0].shape:
         raise ValueError(f"dout must have shape {branches[0].shape}, got {dout.shape}")
     n_branches = len(branches)
