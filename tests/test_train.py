@@ -371,6 +371,7 @@ def test_curves_are_a_png(runs):
         width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
         assert width > 100 and height > 100
     assert sorted(p.name for p in runs["a"].iterdir()) == [
+        ".lock",  # stays; the lock is on the open file, not on its existence
         "checkpoint.npz",
         "curves.png",
         "metrics.jsonl",
