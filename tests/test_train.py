@@ -33,6 +33,7 @@ from skscratch.data import Cifar10, channel_stats, load_cifar10, normalize
 from skscratch.models import PRESETS, SKResNeXt
 from skscratch.optim import SGD
 from skscratch.train import (
+    LOCK,
     TrainConfig,
     TrainingError,
     evaluate,
@@ -160,8 +161,11 @@ def assert_one_line_error(err: str, *fragments: str) -> None:
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file in folder, by name: the bytes a failed command must leave alone."""
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+    """Every file in folder, by name: the bytes a failed command must leave alone. (The lock
+    file is not among them: every run that takes the lock writes its process id there.)"""
+    return {
+        p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and p.name != LOCK
+    }
 
 
 _PROGRESS = re.compile(rb"epoch (\d+)/\d+:\s*\d+%\|[^|\r\n]*\|\s*(\d+)/(\d+)")
