@@ -239,3 +239,18 @@ def test_a_batch_larger_than_the_data_is_one_line_and_status_2(capsys, tmp_path)
     assert code == 2
     assert len(err.strip().splitlines()) == 1, err
     assert "larger than the 20 training images" in err, err
+
+
+def test_an_unwritable_output_folder_is_a_clear_error_before_training(tmp_path, monkeypatch):
+    # Permission bits do not stop root (which CI may be), so the refusal is simulated where
+    # the run first writes: taking the lock file.
+    import skscratch.train
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+    monkeypatch.setattr(skscratch.train, "open", refuse, raising=False)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingError, match="cannot write to the output folder.*Permission denied"):
+        train(out)
+    assert list(out.iterdir()) == []
