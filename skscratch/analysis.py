@@ -95,6 +95,8 @@ def plot_results(result: dict) -> dict:
     from skscratch.plots import pyplot
 
     plt = pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     factors, units = result["factors"], result["units"]
     names = list(units)
 
@@ -105,6 +107,7 @@ def plot_results(result: dict) -> dict:
             ax.plot(np.arange(len(row)), row, lw=1, label=f"{f:g}x")
         ax.axhline(0, color="gray", lw=0.5)
         ax.set(title=name, xlabel="channel", ylabel="attention: dilated - plain")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(title="object size", fontsize=8)
     fig.suptitle("Attention difference per channel, averaged over the test images")
     fig.tight_layout()
