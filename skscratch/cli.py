@@ -71,6 +71,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from skscratch._memory import reuse_freed_memory
+
+    reuse_freed_memory()
     from skscratch.data import load_cifar10
     from skscratch.train import evaluate, load_model
 
@@ -87,6 +90,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
+    from skscratch._memory import reuse_freed_memory
+
+    reuse_freed_memory()
     from skscratch.analysis import attention_by_scale, plot_results, write_results
     from skscratch.data import load_cifar10
     from skscratch.train import load_model
