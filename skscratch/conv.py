@@ -192,16 +192,21 @@ def conv2d_backward(dout: NDArray, cache: ConvCache) -> tuple[NDArray, NDArray, 
 # W + 2*padding (see skscratch/_kernels.py), so the cache keeps that padded input.
 
 
-def _direct_forward(x, w, stride, padding, dilation, groups):
-    _, _, h, wd = x.shape
-    kh, kw = w.shape[2:]
+def _flat_geometry(x_shape, w_shape, padding, dilation):
+    """The stride-1 output size (H1, W1), the padded width WP, and how many zeros the flat
+    buffers need after the last row so that the widest tap never reads past the end."""
+    _, _, h, wd = x_shape
+    kh, kw = w_shape[2:]
     full = (
         conv_output_size(h, kh, 1, padding[0], dilation[0]),
         conv_output_size(wd, kw, 1, padding[1], dilation[1]),
     )
-    extra = (kw - 1) * dilation[1]  # zeros after the last row, for the widest tap
+    return full, wd + 2 * padding[1], (kw - 1) * dilation[1]
+
+
+def _direct_forward(x, w, stride, padding, dilation, groups):
+    full, wp, extra = _flat_geometry(x.shape, w.shape, padding, dilation)
     xpad = _kernels._pad_flat(x, padding[0], padding[1], extra)
-    wp = wd + 2 * padding[1]
     out = _kernels._conv_direct_forward(xpad, w, groups, *full, wp, *dilation)
     if stride != (1, 1):
         out = np.ascontiguousarray(out[:, :, :: stride[0], :: stride[1]])
@@ -210,18 +215,15 @@ def _direct_forward(x, w, stride, padding, dilation, groups):
 
 def _direct_backward(dout, xpad, w, x_shape, stride, padding, dilation, groups):
     n, _, h, wd = x_shape
-    kh, kw = w.shape[2:]
-    hp, wp = h + 2 * padding[0], wd + 2 * padding[1]
+    full, wp, extra = _flat_geometry(x_shape, w.shape, padding, dilation)
     if stride != (1, 1):
-        full = (
-            conv_output_size(h, kh, 1, padding[0], dilation[0]),
-            conv_output_size(wd, kw, 1, padding[1], dilation[1]),
-        )
+        # The stride-1 gradient has dout at every stride-th position and zeros between.
         dfull = np.zeros((n, dout.shape[1], *full), dtype=dout.dtype)
         dfull[:, :, :: stride[0], :: stride[1]] = dout
         dout = dfull
-    extra = (kw - 1) * dilation[1]
     dspread = _kernels._spread_rows(np.ascontiguousarray(dout), wp, extra)
+    hp = h + 2 * padding[0]
     dx = _kernels._conv_direct_backward_data(dspread, w, groups, h, wd, *padding, hp, wp, *dilation)
+    kh, kw = w.shape[2:]
     dw = _kernels._conv_direct_backward_weight(xpad, dspread, groups, kh, kw, wp, *dilation)
     return dx, dw
