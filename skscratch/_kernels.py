@@ -72,45 +72,72 @@ def _col2im(cols, n_ch, h, w, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo):
     return dx
 
 
-# -- direct grouped convolution, stride 1 --------------------------------------------------------
+# -- direct grouped convolution --------------------------------------------------------------
 #
 # For stride 1, treat each zero-padded input plane (HP x WP) as one flat row. The output pixel
 # (oy, ox), computed on the padded width, sits at k = oy * WP + ox, and its tap (i, j) reads the
 # flat input at k + i*dh*WP + j*dw. So every tap is one long contiguous multiply-add over the
 # whole plane, which LLVM turns into SIMD FMAs. The WP - WO extra columns per row are computed
-# and then dropped; the flat buffers carry (KW - 1) * dw zeros at the end so that the last
-# rows' extra columns read zeros rather than past the end.
+# and then dropped.
+#
+# For stride s (sh, sw), split the padded plane into its sh * sw phases first: phase (p, q) is
+# the plane of pixels (y, x) with y % sh == p and x % sw == q, of size HQ x WQ (HQ = ceil(HP /
+# sh), WQ = ceil(WP / sw)). Tap (i, j) of output (oy, ox) reads padded pixel (oy*sh + i*dh,
+# ox*sw + j*dw), which is pixel (oy + i*dh // sh, ox + j*dw // sw) of phase (i*dh % sh,
+# j*dw % sw): a stride-1 read of one phase. So the same flat-row loops serve every stride, each
+# tap reading its own phase at its own offset (`phase`, `offset`, both (KH, KW)); stride 1 is the
+# case of a single phase. No output is computed only to be thrown away.
+#
+# Small planes (8 x 8) make short rows, on which the loop overhead and the scalar remainder of
+# each SIMD loop dominate. So the buffers put the images of one channel one after another,
+# (C, phases, N * size) with `size` the flat length of a phase plane, and the loops run over a
+# block of images at once: image m's pixel k sits at m * size + k. `size` leaves enough zeros
+# after each plane that no tap of one image's outputs reads into the next image.
 
 
 @njit(cache=True, parallel=True)
-def _pad_flat(x, ph, pw, extra):
-    """(N, C, H, W) -> (N, C, (H + 2ph) * (W + 2pw) + extra): zero-padded planes, flattened."""
+def _pad_phases(x, ph, pw, sh, sw, wq, size):
+    """(N, C, H, W) -> (C, sh*sw, N * size): the zero-padded planes split into their stride
+    phases, each flattened at row width wq, the images of a channel one after another."""
     n_img, n_ch, h, w = x.shape
-    wp = w + 2 * pw
-    size = (h + 2 * ph) * wp
-    out = np.zeros((n_img, n_ch, size + extra), dtype=x.dtype)
+    n_ph = sh * sw
+    out = np.empty((n_ch, n_ph, n_img * size), dtype=x.dtype)
+    zero = x.dtype.type(0)
     for nc in prange(n_img * n_ch):
-        n = nc // n_ch
-        c = nc % n_ch
+        c = nc // n_img
+        n = nc % n_img
+        for p in range(n_ph):
+            out[c, p, n * size : (n + 1) * size] = zero
         for y in range(h):
-            row = out[n, c, (y + ph) * wp + pw : (y + ph) * wp + pw + w]
+            p, row = (y + ph) % sh, (y + ph) // sh
             src = x[n, c, y]
-            for k in range(w):
-                row[k] = src[k]
+            for q in range(sw):
+                x0 = (q - pw) % sw  # the first input column in column phase q
+                if x0 >= w:
+                    continue
+                start = n * size + row * wq + (x0 + pw) // sw
+                count = (w - 1 - x0) // sw + 1
+                dst = out[c, p * sw + q, start : start + count]
+                if sw == 1:
+                    dst[:] = src
+                else:
+                    for k in range(count):
+                        dst[k] = src[x0 + k * sw]
     return out
 
 
 @njit(cache=True, parallel=True)
-def _spread_rows(dout, wp, extra):
-    """(N, C, HO, WO) -> (N, C, HO * WP + extra): rows laid out at the padded width, the extra
-    columns zero, so that the backward taps can run over whole flat planes too."""
+def _spread_rows(dout, wq, size):
+    """(N, C, HO, WO) -> (C, N * size): each image's rows laid out at the phase width wq, the
+    extra columns and the rest of its `size` zero, so that the backward taps can run over whole
+    flat planes too."""
     n_img, n_ch, ho, wo = dout.shape
-    out = np.zeros((n_img, n_ch, ho * wp + extra), dtype=dout.dtype)
+    out = np.zeros((n_ch, n_img * size), dtype=dout.dtype)
     for nc in prange(n_img * n_ch):
         n = nc // n_ch
         c = nc % n_ch
         for y in range(ho):
-            row = out[n, c, y * wp : y * wp + wo]
+            row = out[c, n * size + y * wq : n * size + y * wq + wo]
             src = dout[n, c, y]
             for k in range(wo):
                 row[k] = src[k]
@@ -118,89 +145,140 @@ def _spread_rows(dout, wp, extra):
 
 
 @njit(cache=True, parallel=True)
-def _conv_direct_forward(xpad, w, groups, ho, wo, wp, dh, dw):
-    """out[n, co] = sum over the group's ci and taps of w[co, ci, i, j] * shifted xpad[n, ci]."""
-    n_img = xpad.shape[0]
+def _conv_direct_forward(xq, w, groups, ho, wo, wq, size, block, phase, offset):
+    """out[n, co] = sum over the group's ci and taps of w[co, ci, i, j] * shifted xq[ci] (image n),
+    for blocks of `block` images at a time."""
+    n_img = xq.shape[2] // size
     c_out, c_in_g, kh, kw = w.shape
     c_out_g = c_out // groups
-    length = ho * wp
-    out = np.empty((n_img, c_out, ho, wo), dtype=xpad.dtype)
-    for ng in prange(n_img * groups):
-        n = ng // groups
-        g = ng % groups
-        acc = np.empty(length, dtype=xpad.dtype)
+    n_blocks = (n_img + block - 1) // block
+    out = np.empty((n_img, c_out, ho, wo), dtype=xq.dtype)
+    for bg in prange(n_blocks * groups):
+        n0 = bg // groups * block
+        g = bg % groups
+        nb = min(block, n_img - n0)
+        length = (nb - 1) * size + ho * wq  # the last image needs only its own outputs
+        acc = np.empty(length, dtype=xq.dtype)
         for co in range(g * c_out_g, (g + 1) * c_out_g):
             acc[:] = 0
             for ci in range(c_in_g):
-                plane = xpad[n, g * c_in_g + ci]
                 for i in range(kh):
                     for j in range(kw):
                         wv = w[co, ci, i, j]
-                        off = i * dh * wp + j * dw
-                        xs = plane[off : off + length]
+                        start = n0 * size + offset[i, j]
+                        xs = xq[g * c_in_g + ci, phase[i, j], start : start + length]
                         for k in range(length):
                             acc[k] += wv * xs[k]
-            for y in range(ho):
-                out[n, co, y] = acc[y * wp : y * wp + wo]
+            for m in range(nb):
+                for y in range(ho):
+                    out[n0 + m, co, y] = acc[m * size + y * wq : m * size + y * wq + wo]
     return out
 
 
 @njit(cache=True, parallel=True)
-def _conv_direct_backward_data(dspread, w, groups, h, wd, ph, pw, hp, wp, dh, dw):
+def _conv_direct_backward_data(
+    dspread, w, groups, h, wd, ph, pw, sh, sw, wq, size, block, phase, offset
+):
     """dx[n, ci] = sum over the group's co and taps of w[co, ci, i, j] * dout[n, co] shifted back:
-    the transpose of the forward, scattering into a padded plane that is cropped at the end."""
-    n_img = dspread.shape[0]
+    the transpose of the forward, scattering into the padded phases, which are then read back
+    into the unpadded planes."""
+    n_img = dspread.shape[1] // size
     c_out, c_in_g, kh, kw = w.shape
     c_out_g = c_out // groups
-    length = dspread.shape[2] - (kw - 1) * dw  # HO * WP
-    n_ch = c_in_g * groups
-    dx = np.empty((n_img, n_ch, h, wd), dtype=dspread.dtype)
-    for ng in prange(n_img * groups):
-        n = ng // groups
-        g = ng % groups
-        acc = np.empty(hp * wp + (kw - 1) * dw, dtype=dspread.dtype)
+    n_blocks = (n_img + block - 1) // block
+    ho_wq = size - offset.max()  # at least the flat length of one image's outputs
+    dx = np.empty((n_img, c_in_g * groups, h, wd), dtype=dspread.dtype)
+    for bg in prange(n_blocks * groups):
+        n0 = bg // groups * block
+        g = bg % groups
+        nb = min(block, n_img - n0)
+        length = (nb - 1) * size + ho_wq
+        acc = np.empty((sh * sw, nb * size), dtype=dspread.dtype)
         for ci in range(c_in_g):
             acc[:] = 0
             for co in range(g * c_out_g, (g + 1) * c_out_g):
-                ds = dspread[n, co, :length]
+                ds = dspread[co, n0 * size : n0 * size + length]
                 for i in range(kh):
                     for j in range(kw):
                         wv = w[co, ci, i, j]
-                        off = i * dh * wp + j * dw
-                        target = acc[off : off + length]
+                        off = offset[i, j]
+                        target = acc[phase[i, j], off : off + length]
                         for k in range(length):
                             target[k] += wv * ds[k]
-            for y in range(h):
-                dx[n, g * c_in_g + ci, y] = acc[(y + ph) * wp + pw : (y + ph) * wp + pw + wd]
+            c = g * c_in_g + ci
+            for m in range(nb):
+                for y in range(h):
+                    p, row = (y + ph) % sh, (y + ph) // sh
+                    for q in range(sw):
+                        x0 = (q - pw) % sw
+                        if x0 >= wd:
+                            continue
+                        src = acc[p * sw + q, m * size + row * wq + (x0 + pw) // sw :]
+                        for k in range((wd - 1 - x0) // sw + 1):
+                            dx[n0 + m, c, y, x0 + k * sw] = src[k]
     return dx
 
 
 @njit(cache=True, parallel=True, fastmath=True)
-def _conv_direct_backward_weight(xpad, dspread, groups, kh, kw, wp, dh, dw):
-    """dw[co, ci, i, j] = sum over images and output pixels of dout[n, co] * shifted xpad[n, ci].
-    Parallel over output channels: each owns its slice of dw, the sum over n stays in-thread.
-    fastmath lets LLVM reorder the dot product's sum into SIMD lanes (rounding differs a little)."""
-    n_img, n_ch = xpad.shape[0], xpad.shape[1]
-    c_out = dspread.shape[1]
+def _conv_direct_backward_weight(xq, dspread, groups, kh, kw, size, block, phase, offset):
+    """dw[co, ci, i, j] = sum over images and output pixels of dout[n, co] * shifted xq[ci].
+    Parallel over output channels: each owns its slice of dw, the sum over n stays in-thread,
+    a block of images per dot product, the blocks' sums added in float64. fastmath lets LLVM
+    reorder each dot product's sum into SIMD lanes (rounding differs a little)."""
+    n_ch = xq.shape[0]
+    n_img = xq.shape[2] // size
+    c_out = dspread.shape[0]
     c_in_g = n_ch // groups
     c_out_g = c_out // groups
-    length = dspread.shape[2] - (kw - 1) * dw
-    dwt = np.zeros((c_out, c_in_g, kh, kw), dtype=xpad.dtype)
+    ho_wq = size - offset.max()
+    dwt = np.zeros((c_out, c_in_g, kh, kw), dtype=np.float64)
     for co in prange(c_out):
         g = co // c_out_g
-        for n in range(n_img):
-            ds = dspread[n, co, :length]
+        for n0 in range(0, n_img, block):
+            length = (min(block, n_img - n0) - 1) * size + ho_wq
+            ds = dspread[co, n0 * size : n0 * size + length]
             for ci in range(c_in_g):
-                plane = xpad[n, g * c_in_g + ci]
                 for i in range(kh):
                     for j in range(kw):
-                        off = i * dh * wp + j * dw
-                        xs = plane[off : off + length]
+                        start = n0 * size + offset[i, j]
+                        xs = xq[g * c_in_g + ci, phase[i, j], start : start + length]
                         s = dspread.dtype.type(0)
                         for k in range(length):
                             s += ds[k] * xs[k]
                         dwt[co, ci, i, j] += s
-    return dwt
+    return dwt.astype(xq.dtype)
+
+
+# -- ReLU, on flat arrays, in parallel chunks ---------------------------------------------------
+
+_CHUNK = 1 << 16
+
+
+@njit(cache=True, parallel=True)
+def _relu_forward(x):
+    """out = x where x > 0, else 0 (NaN gives 0, as np.where(x > 0, x, 0)). x: 1-D."""
+    out = np.empty_like(x)
+    zero = x.dtype.type(0)
+    for b in prange((x.size + _CHUNK - 1) // _CHUNK):
+        src = x[b * _CHUNK : (b + 1) * _CHUNK]
+        dst = out[b * _CHUNK : (b + 1) * _CHUNK]
+        for k in range(src.size):
+            dst[k] = src[k] if src[k] > zero else zero
+    return out
+
+
+@njit(cache=True, parallel=True)
+def _relu_backward(dout, out):
+    """dx = dout where out > 0, else 0. Both 1-D."""
+    dx = np.empty_like(dout)
+    zero = dout.dtype.type(0)
+    for b in prange((dout.size + _CHUNK - 1) // _CHUNK):
+        d = dout[b * _CHUNK : (b + 1) * _CHUNK]
+        o = out[b * _CHUNK : (b + 1) * _CHUNK]
+        dst = dx[b * _CHUNK : (b + 1) * _CHUNK]
+        for k in range(d.size):
+            dst[k] = d[k] if o[k] > zero else zero
+    return dx
 
 
 # -- batch norm (+ ReLU), fused, for (N, C, H, W) ------------------------------------------------
@@ -210,7 +288,9 @@ def _conv_direct_backward_weight(xpad, dspread, groups, kh, kw, wp, dh, dw):
 # precision. The reference is skscratch.batchnorm (followed by skscratch.activations.relu).
 
 
-@njit(cache=True, parallel=True)
+# Reassociation lets the compiler split each sum into vector lanes; without NaN/inf assumptions
+# (the rest of fastmath), a NaN in the batch still comes out as NaN.
+@njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
 def _bn_stats(x):
     """Per-channel mean and biased variance of x (N, C, H, W), in float64, in one pass:
     var = E[x^2] - E[x]^2, which float64 keeps exact enough for activations of any sensible
@@ -295,3 +375,72 @@ def _bn_relu_backward(dout, x, out, mean, inv_std, gamma, relu, training):
                 xhat = (xs[k] - mu) * istd
                 dst[k] = coef * (g - mean_g - xhat * mean_gx)
     return dx, dgamma, dbeta
+
+
+def num_threads() -> int:
+    """How many threads the parallel kernels use (numba's setting, NUMBA_NUM_THREADS)."""
+    from numba import get_num_threads
+
+    return get_num_threads()
+
+
+# The SK unit's select step (skscratch.sk): V = sum_m a_m U_m, a_m one weight per image and
+# channel. The branches come as a tuple of M arrays (N, C, H, W); a is (N, M, C).
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def _weighted_sum(us, a):
+    """v[n, c] = sum_m a[n, m, c] * us[m][n, c], in one pass over the branches."""
+    n_img, n_ch = a.shape[0], a.shape[2]
+    v = np.empty_like(us[0])
+    for nc in prange(n_img * n_ch):
+        n = nc // n_ch
+        c = nc % n_ch
+        dst = v[n, c].ravel()
+        src = us[0][n, c].ravel()
+        weight = a[n, 0, c]
+        for k in range(dst.size):
+            dst[k] = weight * src[k]
+        for m in range(1, len(us)):
+            src = us[m][n, c].ravel()
+            weight = a[n, m, c]
+            for k in range(dst.size):
+                dst[k] += weight * src[k]
+    return v
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def _weighted_sum_backward_weights(dv, us):
+    """da[n, m, c] = sum_{h,w} dv[n, c] * us[m][n, c]: the gradient of each branch's weight."""
+    n_img, n_ch = dv.shape[0], dv.shape[1]
+    da = np.empty((n_img, len(us), n_ch), dtype=dv.dtype)
+    for nc in prange(n_img * n_ch):
+        n = nc // n_ch
+        c = nc % n_ch
+        d = dv[n, c].ravel()
+        for m in range(len(us)):
+            src = us[m][n, c].ravel()
+            acc = dv.dtype.type(0)
+            for k in range(d.size):
+                acc += d[k] * src[k]
+            da[n, m, c] = acc
+    return da
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def _weighted_sum_backward_branches(dv, a, du_shared):
+    """du[m, n, c] = a[n, m, c] * dv[n, c] + du_shared[n, c]: each branch's gradient through
+    the weighted sum plus the gradient that all branches share (through the fuse step)."""
+    n_img, n_br, n_ch = a.shape
+    du = np.empty((n_br, *dv.shape), dtype=dv.dtype)
+    for nc in prange(n_img * n_ch):
+        n = nc // n_ch
+        c = nc % n_ch
+        d = dv[n, c].ravel()
+        shared = du_shared[n, c].ravel()
+        for m in range(n_br):
+            dst = du[m, n, c].ravel()
+            weight = a[n, m, c]
+            for k in range(d.size):
+                dst[k] = weight * d[k] + shared[k]
+    return du

@@ -21,28 +21,30 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
+from skscratch import _kernels
 from skscratch._checks import float_array, nonempty, same_dtype, shape_is
 
 
 class ReluCache(NamedTuple):
-    positive: NDArray  # bool mask, like x
-    dtype_of_x: NDArray  # a 0-d array of x's dtype, to check dout against
+    out: NDArray  # the output: positive exactly where x was
 
 
 def relu_forward(x: NDArray) -> tuple[NDArray, ReluCache]:
     """ReLU. x: any shape. Returns (out like x, cache)."""
     x = float_array("x", x)
-    positive = x > 0
-    zero = np.zeros((), dtype=x.dtype)
-    return np.where(positive, x, zero), ReluCache(positive, zero)
+    # np.where(x > 0, x, 0), in one parallel pass (skscratch/_kernels.py).
+    out = _kernels._relu_forward(np.ascontiguousarray(x).reshape(-1)).reshape(x.shape)
+    return out, ReluCache(out)
 
 
 def relu_backward(dout: NDArray, cache: ReluCache) -> NDArray:
     """ReLU backward. dout: like x. Returns dx: like x."""
     dout = float_array("dout", dout)
-    same_dtype("dout", dout, "the forward input", cache.dtype_of_x)
-    shape_is("dout", dout, cache.positive.shape)
-    return np.where(cache.positive, dout, np.zeros((), dtype=dout.dtype))
+    same_dtype("dout", dout, "the forward input", cache.out)
+    shape_is("dout", dout, cache.out.shape)
+    # np.where(out > 0, dout, 0): out > 0 exactly where x > 0.
+    flat = (np.ascontiguousarray(a).reshape(-1) for a in (dout, cache.out))
+    return _kernels._relu_backward(*flat).reshape(dout.shape)
 
 
 class BranchSoftmaxCache(NamedTuple):

@@ -152,7 +152,7 @@ def batchnorm_backward(dout: NDArray, cache: BatchNormCache) -> tuple[NDArray, N
 
 class BatchNormReluCache(NamedTuple):
     x: NDArray
-    out: NDArray
+    out: NDArray | None  # kept for the ReLU's mask; None without ReLU
     mean: NDArray  # (C,) float64
     inv_std: NDArray  # (C,)
     gamma: NDArray
@@ -190,7 +190,9 @@ def batchnorm_relu_forward(
     scale = params["gamma"] * inv_std
     shift = params["beta"] - mu * scale
     out = _kernels._bn_relu_forward(x, scale.astype(x.dtype), shift.astype(x.dtype), relu)
-    cache = BatchNormReluCache(x, out, mu, inv_std.astype(x.dtype), params["gamma"], training, relu)
+    cache = BatchNormReluCache(
+        x, out if relu else None, mu, inv_std.astype(x.dtype), params["gamma"], training, relu
+    )
     return out, new_mean, new_var, cache
 
 
@@ -202,6 +204,14 @@ def batchnorm_relu_backward(
     same_dtype("dout", dout, "the forward input", cache.x)
     shape_is("dout", dout, cache.x.shape)
     x, out, mean, inv_std, gamma, training, relu = cache
+    # Without ReLU the kernel never reads `out`; x stands in for it.
     return _kernels._bn_relu_backward(
-        np.ascontiguousarray(dout), x, out, mean, inv_std, gamma, relu, training
+        np.ascontiguousarray(dout),
+        x,
+        x if out is None else out,
+        mean,
+        inv_std,
+        gamma,
+        relu,
+        training,
     )

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -112,6 +115,33 @@ def _analyze(args: argparse.Namespace) -> int:
     for name, unit in result["units"].items():
         print(f"  {name:<20}" + "".join(f"{v:>+10.4f}" for v in unit["mean_difference"]))
     print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from skscratch.bench import Settings, format_report, run
+
+    if args.compare == "torch":
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise ValueError(
+                "--compare torch needs PyTorch: pip install torch (the CPU build will do)"
+            ) from None
+    if args.json and not os.access(Path(args.json).resolve().parent, os.W_OK):
+        # Found out now, not after minutes of timing.
+        raise ValueError(f"cannot write {args.json}: its folder is missing or not writable")
+    settings = Settings.quick() if args.quick else Settings.full()
+    if args.repeats:
+        settings = dataclasses.replace(settings, repeats=args.repeats)
+    result = run(settings, compare=args.compare, progress=lambda s: print(s, file=sys.stderr))
+    print(format_report(result))
+    if args.json:
+        from skscratch.checkpoint import atomic_write
+
+        data = json.dumps(result, indent=1).encode()
+        atomic_write(Path(args.json), lambda f: f.write(data))
+        print(f"wrote {args.json}")
     return 0
 
 
@@ -241,6 +271,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="enlargement factors (default: 1.0,1.5,2.0)",
     )
     p.set_defaults(run=_analyze)
+
+    p = commands.add_parser(
+        "bench",
+        help="time every operation, the SK unit and training steps (optionally against PyTorch)",
+        description="Time each operation forward and backward by every path (NumPy reference, "
+        "im2col, direct kernels), the SK unit, and whole training steps, and measure peak "
+        "memory and first-call compile time. Medians after warm-up, float32. Takes a few "
+        "minutes; --quick takes seconds (small shapes, to see that it works).",
+    )
+    p.add_argument(
+        "--compare",
+        choices=("torch",),
+        help="also time an identical PyTorch network with the same weights, checked to agree",
+    )
+    p.add_argument("--quick", action="store_true", help="small shapes, one repeat")
+    p.add_argument("--repeats", type=_positive, help="timed runs per benchmark (default: 7)")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.set_defaults(run=_bench)
     return parser
 
 

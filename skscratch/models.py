@@ -174,7 +174,7 @@ class SKResNeXt(Module):
 def _conv_macs(cache: ConvCache) -> int:
     c_out, c_in_g, kh, kw = cache.w.shape
     h_out, w_out = cache.out_size
-    return c_out * c_in_g * kh * kw * h_out * w_out * cache.x_shape[0]
+    return c_out * c_in_g * kh * kw * h_out * w_out * cache.x.shape[0]
 
 
 def count_macs(model: Module, input_shape: tuple[int, ...] = (1, 3, 32, 32)) -> int:

@@ -64,9 +64,15 @@ class Module:
         return self.forward(x)
 
     def _saved_cache(self):
+        """The forward's cache, handed over once: backward frees it (as PyTorch frees its
+        graph), so that a finished step holds no activations."""
         if self._cache is None:
-            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
-        return self._cache
+            raise RuntimeError(
+                f"{type(self).__name__}.backward called before forward (or twice for one "
+                f"forward: the first backward frees what the forward saved)"
+            )
+        cache, self._cache = self._cache, None
+        return cache
 
     # -- the tree -------------------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
+from skscratch import _kernels
 from skscratch._checks import float_array, nonempty, positive_int, same_dtype
 from skscratch.activations import (
     branch_softmax_backward,
@@ -133,9 +134,28 @@ def _bn_params(params: dict[str, NDArray], prefix: str) -> list[NDArray]:
     return [params[f"{prefix}.{k}"] for k in ("weight", "bias", *BN_STATS)]
 
 
+def select_reference(branches: list[NDArray], a: NDArray) -> NDArray:
+    """The select step's weighted sum in plain NumPy: V = sum_m a_m * U_m.
+
+    branches: M arrays U_m (N, C, H, W); a: (N, M, C), a_m broadcast over H x W.
+    """
+    return sum(a[:, m, :, None, None] * u for m, u in enumerate(branches))
+
+
+def select_backward_reference(
+    dv: NDArray, branches: list[NDArray], a: NDArray, du_shared: NDArray
+) -> tuple[NDArray, NDArray]:
+    """Backward of `select_reference`, plus a gradient that every branch shares (the fuse
+    step's). dv, du_shared: (N, C, H, W). Returns da (N, M, C) with da_m = sum_{h,w} dV * U_m,
+    and dU (M, N, C, H, W) with dU_m = a_m dV + du_shared."""
+    da = np.stack([(dv * u).sum(axis=(2, 3)) for u in branches], axis=1)
+    du = np.stack([a[:, m, :, None, None] * dv + du_shared for m in range(len(branches))])
+    return da, du
+
+
 class SKCache(NamedTuple):
     branch_caches: list[tuple]  # per branch: (conv, batch norm + ReLU) caches
-    branches: list[NDArray]  # U_m, each (N, C, H', W')
+    branches: tuple[NDArray, ...]  # U_m, each (N, C, H', W')
     pool_cache: tuple
     fc_cache: tuple
     fc_bn_cache: tuple
@@ -195,7 +215,9 @@ def sk_unit_forward(
         branch_caches.append((conv_cache, bn_relu_cache))
 
     # Fuse: one descriptor per channel from the sum of the branches, squeezed to d values.
-    u_sum = np.sum(branches, axis=0)
+    u_sum = branches[0].copy()
+    for u in branches[1:]:
+        u_sum += u
     s, pool_cache = global_avg_pool_forward(u_sum)  # (N, C)
     z, fc_cache = linear_forward(s, params["fc.weight"])  # (N, d)
     z, stats["fc_bn.running_mean"], stats["fc_bn.running_var"], fc_bn_cache = batchnorm_forward(
@@ -207,9 +229,8 @@ def sk_unit_forward(
     logits, select_cache = linear_forward(z, params["select.weight"])  # (N, M*C)
     n, c = s.shape
     a, softmax_cache = branch_softmax_forward(logits.reshape(n, n_branches, c))  # (N, M, C)
-    v = np.zeros_like(branches[0])
-    for m, u in enumerate(branches):
-        v += a[:, m, :, None, None] * u
+    branches = tuple(np.ascontiguousarray(u) for u in branches)
+    v = _kernels._weighted_sum(branches, a)  # as select_reference, in one pass
 
     cache = SKCache(
         branch_caches,
@@ -238,8 +259,9 @@ def sk_unit_backward(dout: NDArray, cache: SKCache) -> tuple[NDArray, dict[str, 
     grads: dict[str, NDArray] = {}
 
     # Select, backwards: V = sum_m a_m U_m gives dU_m = a_m dV and da_m = sum_{h,w} dV * U_m.
-    da = np.stack([(dout * u).sum(axis=(2, 3)) for u in branches], axis=1)  # (N, M, C)
-    dbranches = [a[:, m, :, None, None] * dout for m in range(n_branches)]
+    # (The compiled kernels compute what select_backward_reference writes out in NumPy.)
+    dout = np.ascontiguousarray(dout)
+    da = _kernels._weighted_sum_backward_weights(dout, branches)  # (N, M, C)
     dlogits = branch_softmax_backward(da, cache.softmax_cache)
     n, _, c = dlogits.shape
     dz, grads["select.weight"], _ = linear_backward(
@@ -252,11 +274,13 @@ def sk_unit_backward(dout: NDArray, cache: SKCache) -> tuple[NDArray, dict[str, 
     ds, grads["fc.weight"], _ = linear_backward(dz, cache.fc_cache)
     du_sum = global_avg_pool_backward(ds, cache.pool_cache)
 
-    # Split, backwards: each branch's two gradient paths add, then its ReLU, BN and conv.
+    # Split, backwards: each branch's two gradient paths add, dU_m = a_m dV + dU, in one pass;
+    # then its ReLU, BN and conv.
+    dbranches = _kernels._weighted_sum_backward_branches(dout, a, du_sum)  # (M, N, C, H', W')
     dx = None
     for m, (conv_cache, bn_relu_cache) in enumerate(cache.branch_caches):
         du, grads[f"bns.{m}.weight"], grads[f"bns.{m}.bias"] = batchnorm_relu_backward(
-            dbranches[m] + du_sum, bn_relu_cache
+            dbranches[m], bn_relu_cache
         )
         dx_m, grads[f"convs.{m}.weight"], _ = conv2d_backward(du, conv_cache)
         dx = dx_m if dx is None else dx + dx_m

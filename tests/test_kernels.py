@@ -31,6 +31,7 @@ from skscratch import (
     im2col_reference,
 )
 from skscratch.gradcheck import check_gradients
+from skscratch.sk import select_backward_reference, select_reference
 
 # Wider than the convolution tests: dilations and strides up to 3 that rarely divide the input
 # evenly, and padding up to 4, larger than any kernel (whole windows then read only padding).
@@ -157,6 +158,26 @@ def test_one_by_one_conv_with_stride_and_padding_matches_loops(case):
     out, _ = conv2d_forward(a["x"], a["w"], a["b"], **case.options)
     expected = reference.conv2d(a["x"], a["w"], a["b"], **case.options)
     np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.nojit
+@given(st.integers(1, 3), st.integers(1, 3), st.integers(1, 4), st.integers(1, 5), dtypes, seeds)
+def test_select_kernels_equal_the_numpy_reference(n, m, c, hw, dtype, seed):
+    """The SK unit's weighted sum of branches and its two backward halves."""
+    rng = np.random.default_rng(seed)
+    branches = tuple(rng.standard_normal((n, c, hw, hw + 1)).astype(dtype) for _ in range(m))
+    a = rng.dirichlet(np.ones(m), size=(n, c)).transpose(0, 2, 1).astype(dtype)  # (N, M, C)
+    dv, du_shared = (rng.standard_normal(branches[0].shape).astype(dtype) for _ in range(2))
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+
+    v = _kernels._weighted_sum(branches, a)
+    assert v.dtype == dtype
+    np.testing.assert_allclose(v, select_reference(list(branches), a), **tol)
+    da_ref, du_ref = select_backward_reference(dv, list(branches), a, du_shared)
+    np.testing.assert_allclose(_kernels._weighted_sum_backward_weights(dv, branches), da_ref, **tol)
+    du = _kernels._weighted_sum_backward_branches(dv, a, du_shared)
+    assert du.dtype == dtype
+    np.testing.assert_allclose(du, du_ref, **tol)
 
 
 @pytest.mark.nojit

@@ -245,6 +245,12 @@ def test_bottleneck_adds_the_shortcut_before_the_last_relu(shortcut):
     dout = rng.standard_normal(out.shape)
     dx = block.backward(dout)
     d = np.where(residual + short > 0, dout, 0.0)
+    # The block's backward freed its parts' caches; their forwards run again for the reference.
+    residual = x
+    for module in _residual_path(block):
+        residual = module.forward(residual)
+    if shortcut:
+        block.children["shortcut"].forward(x)
     dx_ref = d
     for module in reversed(_residual_path(block)):
         dx_ref = module.backward(dx_ref)
@@ -264,6 +270,18 @@ def test_backward_before_forward_is_refused():
     for module in (ReLU(), Conv2d(2, 2, 1, rng=_rng()), BatchNorm(2)):
         with pytest.raises(RuntimeError, match="before forward"):
             module.backward(np.zeros((1, 2, 1, 1), np.float32))
+
+
+def test_backward_frees_the_cache_and_a_second_backward_is_refused():
+    """Like PyTorch's graph, what a forward saved is freed by the backward that uses it."""
+    model = SKResNeXt(PRESETS["tiny"])
+    x = _rng(8).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    dout = np.ones((2, 10), np.float32)
+    model.forward(x)
+    model.backward(dout)
+    assert all(m._cache is None for _, m in model.named_modules())
+    with pytest.raises(RuntimeError, match="twice for one forward"):
+        model.backward(dout)
 
 
 # ------------------------------------------------------------------ the whole network's gradients
