@@ -100,51 +100,57 @@ def _pad_phases(x, ph, pw, sh, sw, wq, size):
     """(N, C, H, W) -> (C, sh*sw, N * size): the zero-padded planes split into their stride
     phases, each flattened at row width wq, the images of a channel one after another."""
     n_img, n_ch, h, w = x.shape
-    n_ph = sh * sw
-    out = np.empty((n_ch, n_ph, n_img * size), dtype=x.dtype)
+    out = np.empty((n_ch, sh * sw, n_img * size), dtype=x.dtype)
     zero = x.dtype.type(0)
     for nc in prange(n_img * n_ch):
         c = nc // n_img
         n = nc % n_img
-        for p in range(n_ph):
-            out[c, p, n * size : (n + 1) * size] = zero
-        for y in range(h):
-            p, row = (y + ph) % sh, (y + ph) // sh
-            src = x[n, c, y]
+        for p in range(sh):
             for q in range(sw):
+                dst = out[c, p * sw + q, n * size : (n + 1) * size]
                 x0 = (q - pw) % sw  # the first input column in column phase q
-                if x0 >= w:
-                    continue
-                start = n * size + row * wq + (x0 + pw) // sw
-                count = (w - 1 - x0) // sw + 1
-                dst = out[c, p * sw + q, start : start + count]
-                if sw == 1:
-                    dst[:] = src
-                else:
-                    for k in range(count):
-                        dst[k] = src[x0 + k * sw]
+                count = (w - 1 - x0) // sw + 1 if x0 < w else 0
+                done = 0  # dst[:done] is written; each gap is zeroed once, not the whole plane
+                for y in range((p - ph) % sh, h, sh):  # the input rows in row phase p
+                    if count == 0:
+                        break
+                    src = x[n, c, y]
+                    start = (y + ph) // sh * wq + (x0 + pw) // sw
+                    dst[done:start] = zero
+                    row = dst[start : start + count]
+                    if sw == 1:
+                        row[:] = src
+                    elif sw == 2:  # a literal stride lets the compiler vectorise the gather
+                        for k in range(count):
+                            row[k] = src[x0 + 2 * k]
+                    else:
+                        for k in range(count):
+                            row[k] = src[x0 + k * sw]
+                    done = start + count
+                dst[done:] = zero
     return out
 
 
 @njit(cache=True, parallel=True)
-def _spread_rows(dout, wq, size):
-    """(N, C, HO, WO) -> (C, N * size): each image's rows laid out at the phase width wq, the
-    extra columns and the rest of its `size` zero, so that the backward taps can run over whole
-    flat planes too."""
+def _spread_rows(dout, wq, size, lead):
+    """(N, C, HO, WO) -> (C, lead + N * size): each image's rows laid out at the phase width wq,
+    the extra columns and the rest of its `size` zero, after `lead` zeros, so that the backward
+    taps can run over whole flat planes too (and read up to `lead` values before the first)."""
     n_img, n_ch, ho, wo = dout.shape
-    out = np.zeros((n_ch, n_img * size), dtype=dout.dtype)
+    out = np.zeros((n_ch, lead + n_img * size), dtype=dout.dtype)
     for nc in prange(n_img * n_ch):
         n = nc // n_ch
         c = nc % n_ch
         for y in range(ho):
-            row = out[c, n * size + y * wq : n * size + y * wq + wo]
+            start = lead + n * size + y * wq
+            row = out[c, start : start + wo]
             src = dout[n, c, y]
             for k in range(wo):
                 row[k] = src[k]
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath={"contract"})
 def _conv_direct_forward(xq, w, groups, ho, wo, wq, size, block, phase, offset):
     """out[n, co] = sum over the group's ci and taps of w[co, ci, i, j] * shifted xq[ci] (image n),
     for blocks of `block` images at a time."""
@@ -175,14 +181,66 @@ def _conv_direct_forward(xq, w, groups, ho, wo, wq, size, block, phase, offset):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath={"contract"})
+def _conv3x3_direct_forward(xq, w, groups, ho, wo, wq, size, block, phase, offset):
+    """`_conv_direct_forward` for 3x3 kernels, the nine taps of an input channel in one pass
+    (one load and store of the accumulator per nine multiply-adds instead of per one)."""
+    n_img = xq.shape[2] // size
+    c_out, c_in_g = w.shape[0], w.shape[1]
+    c_out_g = c_out // groups
+    n_blocks = (n_img + block - 1) // block
+    out = np.empty((n_img, c_out, ho, wo), dtype=xq.dtype)
+    for bg in prange(n_blocks * groups):
+        n0 = bg // groups * block
+        g = bg % groups
+        nb = min(block, n_img - n0)
+        length = (nb - 1) * size + ho * wq
+        acc = np.empty(length, dtype=xq.dtype)
+        for co in range(g * c_out_g, (g + 1) * c_out_g):
+            acc[:] = 0
+            for ci in range(c_in_g):
+                x0, x1, x2, x3, x4, x5, x6, x7, x8 = _nine_taps(
+                    xq[g * c_in_g + ci], n0 * size, length, phase, offset
+                )
+                w0, w1, w2 = w[co, ci, 0, 0], w[co, ci, 0, 1], w[co, ci, 0, 2]
+                w3, w4, w5 = w[co, ci, 1, 0], w[co, ci, 1, 1], w[co, ci, 1, 2]
+                w6, w7, w8 = w[co, ci, 2, 0], w[co, ci, 2, 1], w[co, ci, 2, 2]
+                for k in range(length):
+                    acc[k] += (
+                        w0 * x0[k] + w1 * x1[k] + w2 * x2[k]
+                        + w3 * x3[k] + w4 * x4[k] + w5 * x5[k]
+                        + w6 * x6[k] + w7 * x7[k] + w8 * x8[k]
+                    )  # fmt: skip
+            for m in range(nb):
+                for y in range(ho):
+                    out[n0 + m, co, y] = acc[m * size + y * wq : m * size + y * wq + wo]
+    return out
+
+
+@njit(cache=True, inline="always")
+def _nine_taps(plane, start, length, phase, offset):
+    """The nine shifted views of a phase-split plane that a 3x3 kernel's taps read."""
+    return (
+        plane[phase[0, 0], start + offset[0, 0] : start + offset[0, 0] + length],
+        plane[phase[0, 1], start + offset[0, 1] : start + offset[0, 1] + length],
+        plane[phase[0, 2], start + offset[0, 2] : start + offset[0, 2] + length],
+        plane[phase[1, 0], start + offset[1, 0] : start + offset[1, 0] + length],
+        plane[phase[1, 1], start + offset[1, 1] : start + offset[1, 1] + length],
+        plane[phase[1, 2], start + offset[1, 2] : start + offset[1, 2] + length],
+        plane[phase[2, 0], start + offset[2, 0] : start + offset[2, 0] + length],
+        plane[phase[2, 1], start + offset[2, 1] : start + offset[2, 1] + length],
+        plane[phase[2, 2], start + offset[2, 2] : start + offset[2, 2] + length],
+    )
+
+
+@njit(cache=True, parallel=True, fastmath={"contract"})
 def _conv_direct_backward_data(
-    dspread, w, groups, h, wd, ph, pw, sh, sw, wq, size, block, phase, offset
+    dspread, w, groups, h, wd, ph, pw, sh, sw, wq, size, block, phase, offset, lead
 ):
     """dx[n, ci] = sum over the group's co and taps of w[co, ci, i, j] * dout[n, co] shifted back:
     the transpose of the forward, scattering into the padded phases, which are then read back
     into the unpadded planes."""
-    n_img = dspread.shape[1] // size
+    n_img = (dspread.shape[1] - lead) // size
     c_out, c_in_g, kh, kw = w.shape
     c_out_g = c_out // groups
     n_blocks = (n_img + block - 1) // block
@@ -197,7 +255,7 @@ def _conv_direct_backward_data(
         for ci in range(c_in_g):
             acc[:] = 0
             for co in range(g * c_out_g, (g + 1) * c_out_g):
-                ds = dspread[co, n0 * size : n0 * size + length]
+                ds = dspread[co, lead + n0 * size : lead + n0 * size + length]
                 for i in range(kh):
                     for j in range(kw):
                         wv = w[co, ci, i, j]
@@ -219,8 +277,50 @@ def _conv_direct_backward_data(
     return dx
 
 
+@njit(cache=True, parallel=True, fastmath={"contract"})
+def _conv3x3_direct_backward_data_stride1(
+    dspread, w, groups, h, wd, ph, pw, wq, size, block, phase, back, lead
+):
+    """`_conv_direct_backward_data` for 3x3 kernels at stride 1, as a gather: padded input
+    pixel j receives sum over co and taps of w[co, ci, tap] * dout[co] at j - offset[tap]. So
+    the nine taps go in one pass, as in the forward. `back` is -offset; the `lead` zeros
+    before dspread's first image serve the reads before it."""
+    n_img = (dspread.shape[1] - lead) // size
+    c_out, c_in_g = w.shape[0], w.shape[1]
+    c_out_g = c_out // groups
+    n_blocks = (n_img + block - 1) // block
+    dx = np.empty((n_img, c_in_g * groups, h, wd), dtype=dspread.dtype)
+    for bg in prange(n_blocks * groups):
+        n0 = bg // groups * block
+        g = bg % groups
+        nb = min(block, n_img - n0)
+        length = nb * size
+        acc = np.empty(length, dtype=dspread.dtype)
+        for ci in range(c_in_g):
+            acc[:] = 0
+            for co in range(g * c_out_g, (g + 1) * c_out_g):
+                d0, d1, d2, d3, d4, d5, d6, d7, d8 = _nine_taps(
+                    dspread[co : co + 1], lead + n0 * size, length, phase, back
+                )
+                w0, w1, w2 = w[co, ci, 0, 0], w[co, ci, 0, 1], w[co, ci, 0, 2]
+                w3, w4, w5 = w[co, ci, 1, 0], w[co, ci, 1, 1], w[co, ci, 1, 2]
+                w6, w7, w8 = w[co, ci, 2, 0], w[co, ci, 2, 1], w[co, ci, 2, 2]
+                for k in range(length):
+                    acc[k] += (
+                        w0 * d0[k] + w1 * d1[k] + w2 * d2[k]
+                        + w3 * d3[k] + w4 * d4[k] + w5 * d5[k]
+                        + w6 * d6[k] + w7 * d7[k] + w8 * d8[k]
+                    )  # fmt: skip
+            c = g * c_in_g + ci
+            for m in range(nb):
+                for y in range(h):
+                    start = m * size + (y + ph) * wq + pw
+                    dx[n0 + m, c, y] = acc[start : start + wd]
+    return dx
+
+
 @njit(cache=True, parallel=True, fastmath=True)
-def _conv_direct_backward_weight(xq, dspread, groups, kh, kw, size, block, phase, offset):
+def _conv_direct_backward_weight(xq, dspread, groups, kh, kw, size, block, phase, offset, lead):
     """dw[co, ci, i, j] = sum over images and output pixels of dout[n, co] * shifted xq[ci].
     Parallel over output channels: each owns its slice of dw, the sum over n stays in-thread,
     a block of images per dot product, the blocks' sums added in float64. fastmath lets LLVM
@@ -236,7 +336,7 @@ def _conv_direct_backward_weight(xq, dspread, groups, kh, kw, size, block, phase
         g = co // c_out_g
         for n0 in range(0, n_img, block):
             length = (min(block, n_img - n0) - 1) * size + ho_wq
-            ds = dspread[co, n0 * size : n0 * size + length]
+            ds = dspread[co, lead + n0 * size : lead + n0 * size + length]
             for ci in range(c_in_g):
                 for i in range(kh):
                     for j in range(kw):
@@ -246,6 +346,51 @@ def _conv_direct_backward_weight(xq, dspread, groups, kh, kw, size, block, phase
                         for k in range(length):
                             s += ds[k] * xs[k]
                         dwt[co, ci, i, j] += s
+    return dwt.astype(xq.dtype)
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def _conv3x3_direct_backward_weight(xq, dspread, groups, size, block, phase, offset, lead):
+    """`_conv_direct_backward_weight` for 3x3 kernels: the nine dot products of an input
+    channel in one pass over dout (one load of dout per nine multiply-adds)."""
+    n_ch = xq.shape[0]
+    n_img = xq.shape[2] // size
+    c_out = dspread.shape[0]
+    c_in_g = n_ch // groups
+    c_out_g = c_out // groups
+    ho_wq = size - offset.max()
+    dwt = np.zeros((c_out, c_in_g, 3, 3), dtype=np.float64)
+    zero = dspread.dtype.type(0)
+    for co in prange(c_out):
+        g = co // c_out_g
+        for n0 in range(0, n_img, block):
+            length = (min(block, n_img - n0) - 1) * size + ho_wq
+            ds = dspread[co, lead + n0 * size : lead + n0 * size + length]
+            for ci in range(c_in_g):
+                x0, x1, x2, x3, x4, x5, x6, x7, x8 = _nine_taps(
+                    xq[g * c_in_g + ci], n0 * size, length, phase, offset
+                )
+                s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = zero
+                for k in range(length):
+                    d = ds[k]
+                    s0 += d * x0[k]
+                    s1 += d * x1[k]
+                    s2 += d * x2[k]
+                    s3 += d * x3[k]
+                    s4 += d * x4[k]
+                    s5 += d * x5[k]
+                    s6 += d * x6[k]
+                    s7 += d * x7[k]
+                    s8 += d * x8[k]
+                dwt[co, ci, 0, 0] += s0
+                dwt[co, ci, 0, 1] += s1
+                dwt[co, ci, 0, 2] += s2
+                dwt[co, ci, 1, 0] += s3
+                dwt[co, ci, 1, 1] += s4
+                dwt[co, ci, 1, 2] += s5
+                dwt[co, ci, 2, 0] += s6
+                dwt[co, ci, 2, 1] += s7
+                dwt[co, ci, 2, 2] += s8
     return dwt.astype(xq.dtype)
 
 

@@ -237,32 +237,57 @@ def _phase_geometry(cache: ConvCache) -> _Phases:
 def _direct_forward(cache: ConvCache) -> NDArray:
     x, w, g = cache.x, cache.w, _phase_geometry(cache)
     xq = _kernels._pad_phases(x, *cache.padding, *cache.stride, g.wq, g.size)
-    return _kernels._conv_direct_forward(
-        xq, w, cache.groups, *cache.out_size, g.wq, g.size, g.block, g.phase, g.offset
-    )
+    kernel = _kernels._conv_direct_forward
+    if w.shape[2:] == (3, 3):
+        kernel = _kernels._conv3x3_direct_forward  # the same, unrolled over the nine taps
+    return kernel(xq, w, cache.groups, *cache.out_size, g.wq, g.size, g.block, g.phase, g.offset)
 
 
 def _direct_backward(dout: NDArray, cache: ConvCache) -> tuple[NDArray, NDArray]:
     x, w, g = cache.x, cache.w, _phase_geometry(cache)
     _, _, h, wd = x.shape
     kh, kw = w.shape[2:]
-    dspread = _kernels._spread_rows(np.ascontiguousarray(dout), g.wq, g.size)
-    dx = _kernels._conv_direct_backward_data(
-        dspread,
-        w,
-        cache.groups,
-        h,
-        wd,
-        *cache.padding,
-        *cache.stride,
-        g.wq,
-        g.size,
-        g.block,
-        g.phase,
-        g.offset,
-    )
+    three = (kh, kw) == (3, 3)  # kernels unrolled over the nine taps
+    lead = int(g.offset.max())  # zeros before the first image, for the stride-1 gather
+    dspread = _kernels._spread_rows(np.ascontiguousarray(dout), g.wq, g.size, lead)
+    if three and cache.stride == (1, 1):
+        dx = _kernels._conv3x3_direct_backward_data_stride1(
+            dspread,
+            w,
+            cache.groups,
+            h,
+            wd,
+            *cache.padding,
+            g.wq,
+            g.size,
+            g.block,
+            g.phase,
+            -g.offset,
+            lead,
+        )
+    else:
+        dx = _kernels._conv_direct_backward_data(
+            dspread,
+            w,
+            cache.groups,
+            h,
+            wd,
+            *cache.padding,
+            *cache.stride,
+            g.wq,
+            g.size,
+            g.block,
+            g.phase,
+            g.offset,
+            lead,
+        )
     xq = _kernels._pad_phases(x, *cache.padding, *cache.stride, g.wq, g.size)
-    dw = _kernels._conv_direct_backward_weight(
-        xq, dspread, cache.groups, kh, kw, g.size, g.block, g.phase, g.offset
-    )
+    if three:
+        dw = _kernels._conv3x3_direct_backward_weight(
+            xq, dspread, cache.groups, g.size, g.block, g.phase, g.offset, lead
+        )
+    else:
+        dw = _kernels._conv_direct_backward_weight(
+            xq, dspread, cache.groups, kh, kw, g.size, g.block, g.phase, g.offset, lead
+        )
     return dx, dw

@@ -30,6 +30,7 @@ from skscratch import (
     im2col,
     im2col_reference,
 )
+from skscratch import conv as conv_module
 from skscratch.gradcheck import check_gradients
 from skscratch.sk import select_backward_reference, select_reference
 
@@ -115,6 +116,39 @@ def test_depthwise_conv_matches_loops(channels, multiplier, window, bias, seed):
     opts = {**window.options, "groups": channels}
     out, _ = conv2d_forward(x, w, b, **opts)
     np.testing.assert_allclose(out, reference.conv2d(x, w, b, **opts), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.nojit
+@given(
+    kernel_windows,
+    st.integers(1, 3),
+    st.integers(1, 2),
+    st.integers(1, 7),
+    st.integers(1, 3),
+    seeds,
+)
+def test_direct_conv_over_blocks_of_images_matches_loops(window, groups, per_group, n, block, seed):
+    """The direct kernels run over blocks of images laid end to end; with blocks of 1-3 images,
+    batches of up to 7 end in a partial block, and a wrong offset would mix images up."""
+    rng = np.random.default_rng(seed)
+    c = groups * per_group
+    x = rng.standard_normal((n, c, window.h, window.w))
+    w = rng.standard_normal((c, per_group, window.kh, window.kw))
+    opts = {**window.options, "groups": groups}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(conv_module, "_BLOCK_VALUES", 1)  # every plane fills a block ...
+        out, cache = conv2d_forward(x, w, **opts, method="direct")
+        assert conv_module._phase_geometry(cache).block == 1
+        patch.setattr(conv_module, "_BLOCK_VALUES", block * conv_module._phase_geometry(cache).size)
+        out, cache = conv2d_forward(x, w, **opts, method="direct")  # ... or `block` planes do
+        assert conv_module._phase_geometry(cache).block == block
+        dout = rng.standard_normal(out.shape)
+        dx, dw, _ = conv2d_backward(dout, cache)
+    np.testing.assert_allclose(out, reference.conv2d(x, w, None, **opts), rtol=1e-10, atol=1e-10)
+    _, ref_cache = conv2d_forward(x, w, **opts, method="reference")
+    dx_ref, dw_ref, _ = conv2d_backward(dout, ref_cache)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(dw, dw_ref, rtol=1e-10, atol=1e-10)
 
 
 @given(st.integers(1, 4), windows(), seeds)
