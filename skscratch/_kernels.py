@@ -573,19 +573,20 @@ def _weighted_sum_backward_weights(dv, us):
 
 
 @njit(cache=True, parallel=True, fastmath=True)
-def _weighted_sum_backward_branches(dv, a, du_shared):
-    """du[m, n, c] = a[n, m, c] * dv[n, c] + du_shared[n, c]: each branch's gradient through
-    the weighted sum plus the gradient that all branches share (through the fuse step)."""
+def _weighted_sum_backward_branches(dv, a, g):
+    """du[m, n, c] = a[n, m, c] * dv[n, c] + g[n, c]: each branch's gradient through the
+    weighted sum plus the gradient that all branches share through the fuse step's average
+    pool, which is the same g[n, c] = ds[n, c] / (H * W) at every pixel."""
     n_img, n_br, n_ch = a.shape
     du = np.empty((n_br, *dv.shape), dtype=dv.dtype)
     for nc in prange(n_img * n_ch):
         n = nc // n_ch
         c = nc % n_ch
         d = dv[n, c].ravel()
-        shared = du_shared[n, c].ravel()
+        shared = g[n, c]
         for m in range(n_br):
             dst = du[m, n, c].ravel()
             weight = a[n, m, c]
             for k in range(d.size):
-                dst[k] = weight * d[k] + shared[k]
+                dst[k] = weight * d[k] + shared
     return du

@@ -42,9 +42,12 @@ def relu_backward(dout: NDArray, cache: ReluCache) -> NDArray:
     dout = float_array("dout", dout)
     same_dtype("dout", dout, "the forward input", cache.out)
     shape_is("dout", dout, cache.out.shape)
+    # The gradient passes where the input was positive (cache.out > 0), and is 0 elsewhere.
+    # BEGIN SOLUTION
     # np.where(out > 0, dout, 0): out > 0 exactly where x > 0.
     flat = (np.ascontiguousarray(a).reshape(-1) for a in (dout, cache.out))
     return _kernels._relu_backward(*flat).reshape(dout.shape)
+    # END SOLUTION
 
 
 class BranchSoftmaxCache(NamedTuple):
@@ -55,9 +58,12 @@ def branch_softmax_forward(logits: NDArray) -> tuple[NDArray, BranchSoftmaxCache
     """Softmax over the branch axis. logits: (N, M, C). Returns a: (N, M, C), sums 1 over M."""
     z = float_array("logits", logits, ndim=3)
     nonempty("logits", z)
+    # Softmax over axis 1; subtract the maximum first so that exp cannot overflow.
+    # BEGIN SOLUTION
     e = np.exp(z - z.max(axis=1, keepdims=True))
     a = e / e.sum(axis=1, keepdims=True)
     return a, BranchSoftmaxCache(a)
+    # END SOLUTION
 
 
 def branch_softmax_backward(da: NDArray, cache: BranchSoftmaxCache) -> NDArray:
@@ -66,4 +72,7 @@ def branch_softmax_backward(da: NDArray, cache: BranchSoftmaxCache) -> NDArray:
     da = float_array("da", da, ndim=3)
     same_dtype("da", da, "the forward logits", a)
     shape_is("da", da, a.shape)
+    # The Jacobian of the softmax is a_m (delta_mk - a_k) (see the module docstring).
+    # BEGIN SOLUTION
     return a * (da - (da * a).sum(axis=1, keepdims=True))
+    # END SOLUTION

@@ -69,6 +69,9 @@ def batchnorm_forward(
     """
     x = float_array("x", x, ndim=(2, 4))
     params = _checked_params(x, gamma, beta, running_mean, running_var, training, momentum, eps)
+    # Batch statistics in training mode, running ones in evaluation mode; _running_stats gives
+    # the updated running statistics; normalise, scale and shift.
+    # BEGIN SOLUTION
     axes = _axes(x)
     if training:
         mu, var = x.mean(axis=axes), x.var(axis=axes)
@@ -80,6 +83,7 @@ def batchnorm_forward(
     xhat = (x - _per_channel(mu, x.ndim)) * _per_channel(inv_std, x.ndim)
     out = _per_channel(params["gamma"], x.ndim) * xhat + _per_channel(params["beta"], x.ndim)
     return out, new_mean, new_var, BatchNormCache(xhat, params["gamma"], inv_std, training)
+    # END SOLUTION
 
 
 def _running_stats(params, mu, var, x, training, momentum):
@@ -125,6 +129,9 @@ def batchnorm_backward(dout: NDArray, cache: BatchNormCache) -> tuple[NDArray, N
     dout = float_array("dout", dout)
     same_dtype("dout", dout, "the forward input", xhat)
     shape_is("dout", dout, xhat.shape)
+    # In training mode dx has two more terms than in evaluation mode: the mean and the variance
+    # of the batch depend on every x.
+    # BEGIN SOLUTION
     axes = _axes(xhat)
 
     dbeta = dout.sum(axis=axes)
@@ -138,6 +145,7 @@ def batchnorm_backward(dout: NDArray, cache: BatchNormCache) -> tuple[NDArray, N
     else:
         dx = dxhat * _per_channel(inv_std, dout.ndim)
     return dx, dgamma, dbeta
+    # END SOLUTION
 
 
 # -- The fused fast path: batch norm and ReLU in one pass ------------------------------------------

@@ -13,7 +13,7 @@ TOLERANCE = 1e-6
 
 
 def _gradcheck(args: argparse.Namespace) -> int:
-    from skscratch.gradcheck import check_all_operations
+    from skscratch.gradcheck import NOT_WRITTEN, check_all_operations
 
     rows = check_all_operations(seed=args.seed)
     width = max(len(op) for op, _, _ in rows)
@@ -23,6 +23,9 @@ def _gradcheck(args: argparse.Namespace) -> int:
     for op, name, err in rows:
         ok = err < args.tolerance
         failed += not ok
+        if name == NOT_WRITTEN:
+            print(f"{op:<{width}}  {'-':<{name_width}}  {'':>13}  {NOT_WRITTEN}")
+            continue
         print(f"{op:<{width}}  {name:<{name_width}}  {err:13.2e}  {'pass' if ok else 'FAIL'}")
     print(f"\n{len(rows) - failed} of {len(rows)} gradients within {args.tolerance:g} (float64)")
     return 1 if failed else 0
@@ -143,6 +146,24 @@ def _bench(args: argparse.Namespace) -> int:
         atomic_write(Path(args.json), lambda f: f.write(data))
         print(f"wrote {args.json}")
     return 0
+
+
+def _assignment(args: argparse.Namespace) -> int:
+    try:
+        from skscratch import assignment
+    except ImportError as exc:  # in a student copy
+        raise ValueError(str(exc)) from None
+    if args.action == "make":
+        exercises = assignment.parse_exercises(args.exercises)
+        out = assignment.make(args.outdir, exercises)
+        print(
+            f"wrote a student copy with {len(exercises)} exercises to {out} "
+            f"(see {out / 'ASSIGNMENT.md'})"
+        )
+        return 0
+    results = assignment.grade(args.outdir, seed=args.seed)
+    print(assignment.report(results))
+    return 0 if all(r.passed == len(r.checks) for r in results) else 1
 
 
 def _factors(value: str) -> list[float]:
@@ -289,6 +310,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=_positive, help="timed runs per benchmark (default: 7)")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(run=_bench)
+
+    p = commands.add_parser(
+        "assignment",
+        help="make a student copy with functions to write, or grade one",
+        description="make: copy skscratch with the bodies of the chosen exercises replaced by "
+        "NotImplementedError, plus ASSIGNMENT.md. grade: check every exercise of a student "
+        "copy against independent references and finite differences, and print the points.",
+    )
+    actions = p.add_subparsers(dest="action", required=True, metavar="action", parser_class=_Parser)
+    q = actions.add_parser("make", help="write a student copy to OUTDIR (new or empty)")
+    q.add_argument("outdir")
+    q.add_argument(
+        "--exercises",
+        help="comma-separated, in any order (default: all): im2col, conv, batchnorm, "
+        "relu_pool_fc, branch_softmax, sk_unit, softmax_ce, gradient_checking",
+    )
+    q.set_defaults(run=_assignment)
+    q = actions.add_parser("grade", help="grade the student copy in OUTDIR")
+    q.add_argument("outdir")
+    q.add_argument("--seed", type=int, default=0, help="random seed of the checks' inputs")
+    q.set_defaults(run=_assignment)
     return parser
 
 

@@ -147,10 +147,14 @@ def conv2d_forward(
     if method == "direct":
         out = _direct_forward(cache)
     else:
+        # _columns(cache) gives the im2col columns per group (N, G, K, L); multiply each group's
+        # weights with its columns.
+        # BEGIN SOLUTION
         cols = _columns(cache)  # (N, G, K, L)
         w_g = w.reshape(groups, c_out // groups, c_in_g * kh * kw)  # (G, C_out/G, K)
         out = np.matmul(w_g, cols)  # (N, G, C_out/G, L)
         out = out.reshape(n, c_out, h_out, w_out)
+        # END SOLUTION
     if b is not None:
         out += b[None, :, None, None]
     return out, cache
@@ -185,6 +189,8 @@ def conv2d_backward(dout: NDArray, cache: ConvCache) -> tuple[NDArray, NDArray, 
         dx, dw = _direct_backward(dout, cache)
         return dx, dw, db
 
+    # dW: dout times the columns, summed over images; dx: col2im of W^T times dout.
+    # BEGIN SOLUTION
     cols, length = _columns(cache), out_size[0] * out_size[1]
     dout_g = dout.reshape(n, groups, c_out // groups, length)  # (N, G, C_out/G, L)
     w_g = w.reshape(groups, c_out // groups, c_in_g * kh * kw)  # (G, C_out/G, K)
@@ -201,6 +207,7 @@ def conv2d_backward(dout: NDArray, cache: ConvCache) -> tuple[NDArray, NDArray, 
         dilation=dilation,
     )
     return dx, dw, db
+    # END SOLUTION
 
 
 # The direct path: the kernels read each zero-padded input plane, split into its stride phases,

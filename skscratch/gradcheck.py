@@ -256,16 +256,33 @@ def check_sk_unit(
     return check_gradients(forward, backward, inputs, seed=int(rng.integers(2**31)))
 
 
+NOT_WRITTEN = "not written yet"
+
+
 def check_all_operations(seed: int = 0) -> list[tuple[str, str, float]]:
-    """Run the gradient check of every operation; return rows (operation, input, max rel error)."""
+    """Run the gradient check of every operation; return rows (operation, input, max rel error).
+
+    An operation whose code raises NotImplementedError (in a course assignment's student copy)
+    gives one row (operation, NOT_WRITTEN, nan) instead."""
     rng = np.random.default_rng(seed)
-    rows = []
-    for name, forward, backward, inputs, fixed in _operation_cases(rng):
-        errors = check_gradients(forward, backward, inputs, fixed=fixed, seed=seed)
-        rows += [(name, input_name, err) for input_name, err in errors.items()]
-    rows += [("softmax cross-entropy", k, v) for k, v in _cross_entropy_error(rng).items()]
+    checks = [
+        (name, lambda f=forward, b=backward, i=inputs, x=fixed: check_gradients(
+            f, b, i, fixed=x, seed=seed
+        ))
+        for name, forward, backward, inputs, fixed in _operation_cases(rng)
+    ]  # fmt: skip
+    checks.append(("softmax cross-entropy", lambda: _cross_entropy_error(rng)))
     for branches, stride in [(2, 1), (3, 2)]:
-        name = f"SK unit M={branches} stride {stride}"
-        errors = check_sk_unit(rng, branches=branches, stride=stride)
-        rows += [(name, k, v) for k, v in errors.items()]
+        checks.append(
+            (
+                f"SK unit M={branches} stride {stride}",
+                lambda m=branches, s=stride: check_sk_unit(rng, branches=m, stride=s),
+            )
+        )
+    rows = []
+    for name, check in checks:
+        try:
+            rows += [(name, input_name, err) for input_name, err in check().items()]
+        except NotImplementedError:
+            rows.append((name, NOT_WRITTEN, float("nan")))
     return rows

@@ -66,6 +66,8 @@ def im2col_reference(x: NDArray, kh: int, kw: int, *, stride=1, padding=0, dilat
         x.shape, kh, kw, stride, padding, dilation
     )
     n, c = x.shape[:2]
+    # Pad x, then copy one strided slice of it per kernel tap (i, j) into cols.
+    # BEGIN SOLUTION
     x_pad = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     cols = np.empty((n, c, kh, kw, ho, wo), dtype=x.dtype)
     for i in range(kh):
@@ -74,6 +76,7 @@ def im2col_reference(x: NDArray, kh: int, kw: int, *, stride=1, padding=0, dilat
             y0, x0 = i * dh, j * dw
             cols[:, :, i, j] = x_pad[:, :, y0 : y0 + sh * ho : sh, x0 : x0 + sw * wo : sw]
     return cols.reshape(n, c * kh * kw, ho * wo)
+    # END SOLUTION
 
 
 def col2im_reference(
@@ -86,6 +89,8 @@ def col2im_reference(
     cols, x_shape, geometry = _checked_col2im_args(cols, x_shape, kh, kw, stride, padding, dilation)
     kh, kw, (sh, sw), (ph, pw), (dh, dw), (ho, wo) = geometry
     n, c, h, w = x_shape
+    # Scatter each tap's slice back into a zero padded array with +=, then crop the padding.
+    # BEGIN SOLUTION
     cols = cols.reshape(n, c, kh, kw, ho, wo)
     dx_pad = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
     for i in range(kh):
@@ -93,6 +98,7 @@ def col2im_reference(
             y0, x0 = i * dh, j * dw
             dx_pad[:, :, y0 : y0 + sh * ho : sh, x0 : x0 + sw * wo : sw] += cols[:, :, i, j]
     return dx_pad[:, :, ph : ph + h, pw : pw + w]
+    # END SOLUTION
 
 
 def im2col(x: NDArray, kh: int, kw: int, *, stride=1, padding=0, dilation=1) -> NDArray:

@@ -48,7 +48,10 @@ def linear_backward(dout: NDArray, cache: LinearCache) -> tuple[NDArray, NDArray
     dout = float_array("dout", dout, ndim=2)
     same_dtype("dout", dout, "x", x)
     shape_is("dout", dout, (x.shape[0], w.shape[0]))
+    # See the module docstring; db only when the forward had a bias.
+    # BEGIN SOLUTION
     dx = dout @ w
     dw = dout.T @ x
     db = dout.sum(axis=0) if has_bias else None
     return dx, dw, db
+    # END SOLUTION

@@ -34,5 +34,8 @@ def global_avg_pool_backward(dout: NDArray, cache: PoolCache) -> NDArray:
     if dout.dtype != cache.dtype:
         raise TypeError(f"dout has dtype {dout.dtype} but the forward input had {cache.dtype}")
     shape_is("dout", dout, (n, c))
+    # Every pixel of a plane contributed 1/(H*W) of itself to the mean.
+    # BEGIN SOLUTION
     scale = dout.dtype.type(1.0 / (h * w))
     return np.broadcast_to((dout * scale)[:, :, None, None], cache.x_shape).copy()
+    # END SOLUTION

@@ -52,7 +52,7 @@ from skscratch.batchnorm import (
 )
 from skscratch.conv import conv2d_backward, conv2d_forward
 from skscratch.linear import linear_backward, linear_forward
-from skscratch.pooling import global_avg_pool_backward, global_avg_pool_forward
+from skscratch.pooling import global_avg_pool_forward
 
 BN_STATS = ("running_mean", "running_var")
 
@@ -143,20 +143,19 @@ def select_reference(branches: list[NDArray], a: NDArray) -> NDArray:
 
 
 def select_backward_reference(
-    dv: NDArray, branches: list[NDArray], a: NDArray, du_shared: NDArray
+    dv: NDArray, branches: list[NDArray], a: NDArray, g: NDArray
 ) -> tuple[NDArray, NDArray]:
-    """Backward of `select_reference`, plus a gradient that every branch shares (the fuse
-    step's). dv, du_shared: (N, C, H, W). Returns da (N, M, C) with da_m = sum_{h,w} dV * U_m,
-    and dU (M, N, C, H, W) with dU_m = a_m dV + du_shared."""
+    """Backward of `select_reference`, plus the gradient g (N, C) that every branch shares
+    through the fuse step's pooling, the same at every pixel. dv: (N, C, H, W). Returns da
+    (N, M, C) with da_m = sum_{h,w} dV * U_m, and dU (M, N, C, H, W) with dU_m = a_m dV + g."""
     da = np.stack([(dv * u).sum(axis=(2, 3)) for u in branches], axis=1)
-    du = np.stack([a[:, m, :, None, None] * dv + du_shared for m in range(len(branches))])
+    du = np.stack([a[:, m, :, None, None] * dv + g[:, :, None, None] for m in range(len(branches))])
     return da, du
 
 
 class SKCache(NamedTuple):
     branch_caches: list[tuple]  # per branch: (conv, batch norm + ReLU) caches
     branches: tuple[NDArray, ...]  # U_m, each (N, C, H', W')
-    pool_cache: tuple
     fc_cache: tuple
     fc_bn_cache: tuple
     fc_relu_cache: tuple
@@ -192,6 +191,10 @@ def sk_unit_forward(
         )
     groups = positive_int("groups", groups)
     n_branches = _check_params(params, x, groups)
+    # Split, Fuse, Select as in the module docstring, from the forward functions of the other
+    # exercises (select_reference is the weighted sum); keep every cache, the attention a and
+    # the updated running statistics.
+    # BEGIN SOLUTION
     bn = dict(training=training, momentum=momentum, eps=eps)
     stats: dict[str, NDArray] = {}
 
@@ -215,10 +218,9 @@ def sk_unit_forward(
         branch_caches.append((conv_cache, bn_relu_cache))
 
     # Fuse: one descriptor per channel from the sum of the branches, squeezed to d values.
-    u_sum = branches[0].copy()
-    for u in branches[1:]:
-        u_sum += u
-    s, pool_cache = global_avg_pool_forward(u_sum)  # (N, C)
+    # Pooling is linear: the pool of U_1 + ... + U_M is the sum of the branches' pools, which
+    # does not write the sum out.
+    s = sum(global_avg_pool_forward(u)[0] for u in branches)  # (N, C)
     z, fc_cache = linear_forward(s, params["fc.weight"])  # (N, d)
     z, stats["fc_bn.running_mean"], stats["fc_bn.running_var"], fc_bn_cache = batchnorm_forward(
         z, *_bn_params(params, "fc_bn"), **bn
@@ -235,7 +237,6 @@ def sk_unit_forward(
     cache = SKCache(
         branch_caches,
         branches,
-        pool_cache,
         fc_cache,
         fc_bn_cache,
         fc_relu_cache,
@@ -245,6 +246,7 @@ def sk_unit_forward(
         stats,
     )
     return v, cache
+    # END SOLUTION
 
 
 def sk_unit_backward(dout: NDArray, cache: SKCache) -> tuple[NDArray, dict[str, NDArray]]:
@@ -255,6 +257,9 @@ def sk_unit_backward(dout: NDArray, cache: SKCache) -> tuple[NDArray, dict[str, 
     same_dtype("dout", dout, "the forward input", branches[0])
     if dout.shape != branches[0].shape:
         raise ValueError(f"dout must have shape {branches[0].shape}, got {dout.shape}")
+    # Undo the forward step by step in reverse; every U_m reaches the output twice (directly, and
+    # through the fuse step), so its two gradients add (select_backward_reference).
+    # BEGIN SOLUTION
     n_branches = len(branches)
     grads: dict[str, NDArray] = {}
 
@@ -272,11 +277,14 @@ def sk_unit_backward(dout: NDArray, cache: SKCache) -> tuple[NDArray, dict[str, 
     dz = relu_backward(dz, cache.fc_relu_cache)
     dz, grads["fc_bn.weight"], grads["fc_bn.bias"] = batchnorm_backward(dz, cache.fc_bn_cache)
     ds, grads["fc.weight"], _ = linear_backward(dz, cache.fc_cache)
-    du_sum = global_avg_pool_backward(ds, cache.pool_cache)
+    # The pooling's backward (global_avg_pool_backward) gives every pixel of U, and so of every
+    # U_m, the same ds / (H' W'); the kernel below adds that per pixel instead of writing it out.
+    h, w = dout.shape[2:]
+    du_pixel = (ds / (h * w)).astype(dout.dtype)  # (N, C)
 
-    # Split, backwards: each branch's two gradient paths add, dU_m = a_m dV + dU, in one pass;
-    # then its ReLU, BN and conv.
-    dbranches = _kernels._weighted_sum_backward_branches(dout, a, du_sum)  # (M, N, C, H', W')
+    # Split, backwards: each branch's two gradient paths add, dU_m = a_m dV + dU, in one pass
+    # (as select_backward_reference); then its ReLU, BN and conv.
+    dbranches = _kernels._weighted_sum_backward_branches(dout, a, du_pixel)  # (M, N, C, H', W')
     dx = None
     for m, (conv_cache, bn_relu_cache) in enumerate(cache.branch_caches):
         du, grads[f"bns.{m}.weight"], grads[f"bns.{m}.bias"] = batchnorm_relu_backward(
@@ -285,3 +293,4 @@ def sk_unit_backward(dout: NDArray, cache: SKCache) -> tuple[NDArray, dict[str, 
         dx_m, grads[f"convs.{m}.weight"], _ = conv2d_backward(du, conv_cache)
         dx = dx_m if dx is None else dx + dx_m
     return dx, grads
+    # END SOLUTION

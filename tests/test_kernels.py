@@ -201,15 +201,16 @@ def test_select_kernels_equal_the_numpy_reference(n, m, c, hw, dtype, seed):
     rng = np.random.default_rng(seed)
     branches = tuple(rng.standard_normal((n, c, hw, hw + 1)).astype(dtype) for _ in range(m))
     a = rng.dirichlet(np.ones(m), size=(n, c)).transpose(0, 2, 1).astype(dtype)  # (N, M, C)
-    dv, du_shared = (rng.standard_normal(branches[0].shape).astype(dtype) for _ in range(2))
+    dv = rng.standard_normal(branches[0].shape).astype(dtype)
+    g = rng.standard_normal((n, c)).astype(dtype)  # the gradient all branches share
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
 
     v = _kernels._weighted_sum(branches, a)
     assert v.dtype == dtype
     np.testing.assert_allclose(v, select_reference(list(branches), a), **tol)
-    da_ref, du_ref = select_backward_reference(dv, list(branches), a, du_shared)
+    da_ref, du_ref = select_backward_reference(dv, list(branches), a, g)
     np.testing.assert_allclose(_kernels._weighted_sum_backward_weights(dv, branches), da_ref, **tol)
-    du = _kernels._weighted_sum_backward_branches(dv, a, du_shared)
+    du = _kernels._weighted_sum_backward_branches(dv, a, g)
     assert du.dtype == dtype
     np.testing.assert_allclose(du, du_ref, **tol)
 
