@@ -99,36 +99,43 @@ def _col2im(cols, n_ch, h, w, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo):
 def _pad_phases(x, ph, pw, sh, sw, wq, size):
     """(N, C, H, W) -> (C, sh*sw, N * size): the zero-padded planes split into their stride
     phases, each flattened at row width wq, the images of a channel one after another."""
-    n_img, n_ch, h, w = x.shape
+    n_img, n_ch = x.shape[0], x.shape[1]
     out = np.empty((n_ch, sh * sw, n_img * size), dtype=x.dtype)
-    zero = x.dtype.type(0)
     for nc in prange(n_img * n_ch):
         c = nc // n_img
         n = nc % n_img
-        for p in range(sh):
-            for q in range(sw):
-                dst = out[c, p * sw + q, n * size : (n + 1) * size]
-                x0 = (q - pw) % sw  # the first input column in column phase q
-                count = (w - 1 - x0) // sw + 1 if x0 < w else 0
-                done = 0  # dst[:done] is written; each gap is zeroed once, not the whole plane
-                for y in range((p - ph) % sh, h, sh):  # the input rows in row phase p
-                    if count == 0:
-                        break
-                    src = x[n, c, y]
-                    start = (y + ph) // sh * wq + (x0 + pw) // sw
-                    dst[done:start] = zero
-                    row = dst[start : start + count]
-                    if sw == 1:
-                        row[:] = src
-                    elif sw == 2:  # a literal stride lets the compiler vectorise the gather
-                        for k in range(count):
-                            row[k] = src[x0 + 2 * k]
-                    else:
-                        for k in range(count):
-                            row[k] = src[x0 + k * sw]
-                    done = start + count
-                dst[done:] = zero
+        _fill_phases(out[c, :, n * size : (n + 1) * size], x[n, c], ph, pw, sh, sw, wq)
     return out
+
+
+@njit(cache=True, inline="always")
+def _fill_phases(dst, plane, ph, pw, sh, sw, wq):
+    """Write one (H, W) plane, zero-padded and split into stride phases, into dst (sh*sw, size)."""
+    h, w = plane.shape
+    zero = plane.dtype.type(0)
+    for p in range(sh):
+        for q in range(sw):
+            phase = dst[p * sw + q]
+            x0 = (q - pw) % sw  # the first input column in column phase q
+            count = (w - 1 - x0) // sw + 1 if x0 < w else 0
+            done = 0  # phase[:done] is written; each gap is zeroed once, not the whole plane
+            for y in range((p - ph) % sh, h, sh):  # the input rows in row phase p
+                if count == 0:
+                    break
+                src = plane[y]
+                start = (y + ph) // sh * wq + (x0 + pw) // sw
+                phase[done:start] = zero
+                row = phase[start : start + count]
+                if sw == 1:
+                    row[:] = src
+                elif sw == 2:  # a literal stride lets the compiler vectorise the gather
+                    for k in range(count):
+                        row[k] = src[x0 + 2 * k]
+                else:
+                    for k in range(count):
+                        row[k] = src[x0 + k * sw]
+                done = start + count
+            phase[done:] = zero
 
 
 @njit(cache=True, parallel=True)
@@ -182,26 +189,31 @@ def _conv_direct_forward(xq, w, groups, ho, wo, wq, size, block, phase, offset):
 
 
 @njit(cache=True, parallel=True, fastmath={"contract"})
-def _conv3x3_direct_forward(xq, w, groups, ho, wo, wq, size, block, phase, offset):
-    """`_conv_direct_forward` for 3x3 kernels, the nine taps of an input channel in one pass
-    (one load and store of the accumulator per nine multiply-adds instead of per one)."""
-    n_img = xq.shape[2] // size
+def _conv3x3_direct_forward(x, w, groups, ph, pw, sh, sw, ho, wo, wq, size, block, phase, offset):
+    """`_conv_direct_forward` for 3x3 kernels, from the unpadded x (N, C, H, W): each block pads
+    its own images into a small buffer that stays in cache (rather than all of x through memory
+    first), and the nine taps of an input channel go in one pass (one load and store of the
+    accumulator per nine multiply-adds instead of per one)."""
+    n_img = x.shape[0]
     c_out, c_in_g = w.shape[0], w.shape[1]
     c_out_g = c_out // groups
     n_blocks = (n_img + block - 1) // block
-    out = np.empty((n_img, c_out, ho, wo), dtype=xq.dtype)
+    out = np.empty((n_img, c_out, ho, wo), dtype=x.dtype)
     for bg in prange(n_blocks * groups):
         n0 = bg // groups * block
         g = bg % groups
         nb = min(block, n_img - n0)
+        xq = np.empty((c_in_g, sh * sw, nb * size), dtype=x.dtype)
+        for ci in range(c_in_g):
+            for m in range(nb):
+                plane = x[n0 + m, g * c_in_g + ci]
+                _fill_phases(xq[ci, :, m * size : (m + 1) * size], plane, ph, pw, sh, sw, wq)
         length = (nb - 1) * size + ho * wq
-        acc = np.empty(length, dtype=xq.dtype)
+        acc = np.empty(length, dtype=x.dtype)
         for co in range(g * c_out_g, (g + 1) * c_out_g):
             acc[:] = 0
             for ci in range(c_in_g):
-                x0, x1, x2, x3, x4, x5, x6, x7, x8 = _nine_taps(
-                    xq[g * c_in_g + ci], n0 * size, length, phase, offset
-                )
+                x0, x1, x2, x3, x4, x5, x6, x7, x8 = _nine_taps(xq[ci], 0, length, phase, offset)
                 w0, w1, w2 = w[co, ci, 0, 0], w[co, ci, 0, 1], w[co, ci, 0, 2]
                 w3, w4, w5 = w[co, ci, 1, 0], w[co, ci, 1, 1], w[co, ci, 1, 2]
                 w6, w7, w8 = w[co, ci, 2, 0], w[co, ci, 2, 1], w[co, ci, 2, 2]
