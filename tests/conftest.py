@@ -32,7 +32,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 settings.register_profile("fast", max_examples=30, deadline=None)
 settings.register_profile("thorough", max_examples=500, deadline=None)
 settings.register_profile("nojit", max_examples=5, deadline=None)
-settings.load_profile("fast")
+# In CI the same examples every run, so that a result can be reproduced and a rare input found
+# by chance does not decide whether a change lands; local runs keep drawing new ones (and
+# `--hypothesis-profile=thorough` draws many), which is where such inputs should turn up.
+settings.register_profile("ci", max_examples=30, deadline=None, derandomize=True)
+settings.load_profile("ci" if os.environ.get("CI") else "fast")
 
 seeds = st.integers(0, 2**32 - 1)
 
