@@ -112,30 +112,55 @@ def _pad_phases(x, ph, pw, sh, sw, wq, size):
 def _fill_phases(dst, plane, ph, pw, sh, sw, wq):
     """Write one (H, W) plane, zero-padded and split into stride phases, into dst (sh*sw, size)."""
     h, w = plane.shape
-    zero = plane.dtype.type(0)
     for p in range(sh):
+        y0 = (p - ph) % sh  # the first input row in row phase p
+        if sw == 2:
+            # Both column phases of a row in one pass over it: the even input columns go to one
+            # phase, the odd to the other (a loop the compiler vectorises with shuffles).
+            even, odd = dst[p * 2 + pw % 2], dst[p * 2 + (pw + 1) % 2]
+            e0, o0 = pw // 2, (pw + 1) // 2  # where the first even / odd input column lands
+            n_odd = w // 2
+            done_e = done_o = 0  # each phase's [:done] is written; gaps are zeroed once
+            for y in range(y0, h, sh):
+                src, base = plane[y], (y + ph) // sh * wq
+                _zero(even[done_e : base + e0])
+                _zero(odd[done_o : base + o0])
+                e_row = even[base + e0 : base + e0 + w - n_odd]
+                o_row = odd[base + o0 : base + o0 + n_odd]
+                for k in range(n_odd):
+                    e_row[k] = src[2 * k]
+                    o_row[k] = src[2 * k + 1]
+                if w % 2:
+                    e_row[n_odd] = src[w - 1]
+                done_e, done_o = base + e0 + w - n_odd, base + o0 + n_odd
+            _zero(even[done_e:])
+            _zero(odd[done_o:])
+            continue
         for q in range(sw):
             phase = dst[p * sw + q]
             x0 = (q - pw) % sw  # the first input column in column phase q
             count = (w - 1 - x0) // sw + 1 if x0 < w else 0
             done = 0  # phase[:done] is written; each gap is zeroed once, not the whole plane
-            for y in range((p - ph) % sh, h, sh):  # the input rows in row phase p
+            for y in range(y0, h, sh):
                 if count == 0:
                     break
                 src = plane[y]
                 start = (y + ph) // sh * wq + (x0 + pw) // sw
-                phase[done:start] = zero
+                _zero(phase[done:start])
                 row = phase[start : start + count]
                 if sw == 1:
                     row[:] = src
-                elif sw == 2:  # a literal stride lets the compiler vectorise the gather
-                    for k in range(count):
-                        row[k] = src[x0 + 2 * k]
                 else:
                     for k in range(count):
                         row[k] = src[x0 + k * sw]
                 done = start + count
-            phase[done:] = zero
+            _zero(phase[done:])
+
+
+@njit(cache=True, inline="always")
+def _zero(a):
+    for k in range(a.size):
+        a[k] = 0
 
 
 @njit(cache=True, parallel=True)

@@ -111,9 +111,10 @@ def im2col(x: NDArray, kh: int, kw: int, *, stride=1, padding=0, dilation=1) -> 
     kh, kw, (sh, sw), (ph, pw), (dh, dw), (ho, wo) = _geometry(
         x.shape, kh, kw, stride, padding, dilation
     )
-    if _is_pointwise(kh, kw, sh, sw, ph, pw):
-        # A 1x1 window with stride 1 and no padding gathers each pixel once: a reshape.
-        return x.reshape(x.shape[0], x.shape[1], ho * wo)
+    if _is_pointwise(kh, kw, ph, pw):
+        # A 1x1 window without padding gathers every stride-th pixel once: a reshape at stride 1,
+        # a strided copy otherwise.
+        return np.ascontiguousarray(x[:, :, ::sh, ::sw]).reshape(x.shape[0], x.shape[1], ho * wo)
     return _kernels._im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo)
 
 
@@ -127,13 +128,18 @@ def col2im(
     cols, x_shape, geometry = _checked_col2im_args(cols, x_shape, kh, kw, stride, padding, dilation)
     kh, kw, (sh, sw), (ph, pw), (dh, dw), (ho, wo) = geometry
     n, c, h, w = x_shape
-    if _is_pointwise(kh, kw, sh, sw, ph, pw):
-        return cols.reshape(x_shape)
+    if _is_pointwise(kh, kw, ph, pw):
+        if (sh, sw) == (1, 1):
+            return cols.reshape(x_shape)
+        dx = np.zeros(x_shape, dtype=cols.dtype)  # the pixels between the strides get nothing
+        dx[:, :, ::sh, ::sw] = cols.reshape(n, c, ho, wo)
+        return dx
     return _kernels._col2im(cols, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo)
 
 
-def _is_pointwise(kh, kw, sh, sw, ph, pw) -> bool:
-    return kh == kw == sh == sw == 1 and ph == pw == 0
+def _is_pointwise(kh, kw, ph, pw) -> bool:
+    """A 1x1 window without padding: each output reads a single pixel (dilation is moot)."""
+    return kh == kw == 1 and ph == pw == 0
 
 
 def _checked_col2im_args(cols, x_shape, kh, kw, stride, padding, dilation):

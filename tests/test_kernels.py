@@ -44,6 +44,8 @@ PADDING_LARGER_THAN_KERNEL = Window(
     kh=2, kw=1, stride=(1, 2), padding=(4, 3), dilation=(1, 1), h=1, w=2
 )
 ONE_BY_ONE = Window(kh=1, kw=1, stride=(1, 1), padding=(0, 0), dilation=(1, 1), h=3, w=2)
+# A strided 1x1 window without padding (a shortcut's downsampling) takes a strided copy.
+ONE_BY_ONE_STRIDED = Window(kh=1, kw=1, stride=(2, 3), padding=(0, 0), dilation=(1, 2), h=5, w=7)
 UNEVEN_STRIDE_AND_DILATION = Window(
     kh=3, kw=2, stride=(3, 2), padding=(1, 0), dilation=(2, 3), h=8, w=7
 )
@@ -53,6 +55,7 @@ UNEVEN_STRIDE_AND_DILATION = Window(
 @given(kernel_windows, st.integers(1, 2), st.integers(1, 3), dtypes, seeds)
 @example(PADDING_LARGER_THAN_KERNEL, 1, 2, np.float64, 0)
 @example(ONE_BY_ONE, 2, 3, np.float32, 0)
+@example(ONE_BY_ONE_STRIDED, 2, 3, np.float32, 0)
 @example(UNEVEN_STRIDE_AND_DILATION, 1, 2, np.float64, 0)
 def test_im2col_kernel_equals_reference_exactly(window, n, c, dtype, seed):
     x = np.random.default_rng(seed).standard_normal((n, c, window.h, window.w)).astype(dtype)
@@ -70,6 +73,7 @@ def test_im2col_kernel_equals_reference_exactly(window, n, c, dtype, seed):
 @given(kernel_windows, st.integers(1, 2), st.integers(1, 3), seeds)
 @example(PADDING_LARGER_THAN_KERNEL, 1, 2, 0)
 @example(ONE_BY_ONE, 2, 3, 0)
+@example(ONE_BY_ONE_STRIDED, 2, 3, 0)
 @example(UNEVEN_STRIDE_AND_DILATION, 1, 2, 0)
 def test_col2im_kernel_matches_reference(window, n, c, seed):
     ho, wo = window.out_hw
@@ -91,6 +95,7 @@ def test_col2im_kernel_matches_reference(window, n, c, seed):
 @pytest.mark.nojit
 @given(kernel_windows, st.integers(1, 2), st.integers(1, 3), seeds)
 @example(PADDING_LARGER_THAN_KERNEL, 1, 2, 0)
+@example(ONE_BY_ONE_STRIDED, 2, 3, 0)
 @example(UNEVEN_STRIDE_AND_DILATION, 1, 2, 0)
 def test_col2im_is_the_adjoint_of_im2col(window, n, c, seed):
     # <im2col(x), cols> == <x, col2im(cols)> for all x and cols: what makes col2im the backward
@@ -127,6 +132,11 @@ def test_depthwise_conv_matches_loops(channels, multiplier, window, bias, seed):
     st.integers(1, 3),
     seeds,
 )
+# Stride 2 splits each row into even and odd columns in one pass: odd and even widths, with
+# padding of either parity, and a plane a single column wide.
+@example(Window(3, 3, (2, 2), (1, 1), (1, 1), h=7, w=9), 2, 2, 3, 2, 0)
+@example(Window(3, 3, (2, 2), (2, 2), (2, 2), h=6, w=8), 2, 2, 3, 2, 0)
+@example(Window(3, 2, (2, 2), (1, 1), (1, 1), h=5, w=1), 1, 1, 2, 1, 0)
 def test_direct_conv_over_blocks_of_images_matches_loops(window, groups, per_group, n, block, seed):
     """The direct kernels run over blocks of images laid end to end; with blocks of 1-3 images,
     batches of up to 7 end in a partial block, and a wrong offset would mix images up."""
