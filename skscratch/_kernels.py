@@ -496,6 +496,15 @@ def _bn_stats(x):
     return mean, var
 
 
+@njit(cache=True, inline="always")
+def _affine_relu(x, a, b, relu, zero):
+    """a * x + b, then max(., zero) if relu: batch norm's output from its scale and shift. The
+    forward and backward kernels both compute it here, with the same float operations (no
+    fused multiply-add in either), so the backward's ReLU mask is exactly the forward's."""
+    v = a * x + b
+    return max(v, zero) if relu else v
+
+
 @njit(cache=True, parallel=True)
 def _bn_relu_forward(x, scale, shift, relu):
     """out = scale[c] * x + shift[c], then max(., 0) if relu; scale, shift (C,) in x's dtype."""
@@ -509,17 +518,18 @@ def _bn_relu_forward(x, scale, shift, relu):
         dst = out[n, c].ravel()
         a, b = scale[c], shift[c]
         for k in range(src.size):
-            v = a * src[k] + b
-            dst[k] = max(v, zero) if relu else v
+            dst[k] = _affine_relu(src[k], a, b, relu, zero)
     return out
 
 
-@njit(cache=True, parallel=True, fastmath=True)
-def _bn_relu_backward(dout, x, out, mean, inv_std, gamma, relu, training):
-    """Batch-norm (+ ReLU) backward from the saved input x and output out.
+# Reassociation only (see _bn_stats): contraction into fused multiply-adds would round the
+# recomputed output differently from the forward's, and move the ReLU's kink.
+@njit(cache=True, parallel=True, fastmath={"reassoc"})
+def _bn_relu_backward(dout, x, scale, shift, mean, inv_std, gamma, relu, training):
+    """Batch-norm (+ ReLU) backward from the saved input x and the forward's scale and shift.
 
-    g = dout masked where out <= 0 (if relu); xhat = (x - mean) * inv_std; then per channel
-    dbeta = sum g, dgamma = sum g * xhat, and
+    g = dout masked where the output scale * x + shift was <= 0 (if relu); xhat = (x - mean) *
+    inv_std; then per channel dbeta = sum g, dgamma = sum g * xhat, and
     dx = gamma * inv_std * (g - dbeta / m - xhat * dgamma / m)   (training; without the two
     mean terms in evaluation mode). Returns dx, dgamma, dbeta.
     """
@@ -531,14 +541,14 @@ def _bn_relu_backward(dout, x, out, mean, inv_std, gamma, relu, training):
     zero = x.dtype.type(0)
     for c in prange(n_ch):
         mu, istd = x.dtype.type(mean[c]), inv_std[c]
+        a, b = scale[c], shift[c]
         sg = 0.0
         sgx = 0.0
         for n in range(n_img):
             d = dout[n, c].ravel()
             xs = x[n, c].ravel()
-            o = out[n, c].ravel()
             for k in range(d.size):
-                g = d[k] if (not relu or o[k] > zero) else zero
+                g = d[k] if (not relu or _affine_relu(xs[k], a, b, relu, zero) > zero) else zero
                 sg += g
                 sgx += g * (xs[k] - mu)
         sgx *= istd  # sum of g * xhat
@@ -550,10 +560,9 @@ def _bn_relu_backward(dout, x, out, mean, inv_std, gamma, relu, training):
         for n in range(n_img):
             d = dout[n, c].ravel()
             xs = x[n, c].ravel()
-            o = out[n, c].ravel()
             dst = dx[n, c].ravel()
             for k in range(d.size):
-                g = d[k] if (not relu or o[k] > zero) else zero
+                g = d[k] if (not relu or _affine_relu(xs[k], a, b, relu, zero) > zero) else zero
                 xhat = (xs[k] - mu) * istd
                 dst[k] = coef * (g - mean_g - xhat * mean_gx)
     return dx, dgamma, dbeta

@@ -153,14 +153,16 @@ def batchnorm_backward(dout: NDArray, cache: BatchNormCache) -> tuple[NDArray, N
 # In a network, batch norm is nearly always followed by ReLU. Done one after the other, the pair
 # reads and writes the whole activation several times (xhat, the scaled output, the mask, and as
 # many again in backward). The compiled kernels of skscratch._kernels do each direction in one
-# pass per channel, and keep only x and the output, from which xhat and the ReLU mask are
-# recomputed. The mathematics is exactly that of the pairs above; the tests check that
-# batchnorm_relu_* equals batchnorm_* followed by relu_*.
+# pass per channel, and keep only x, from which xhat and the ReLU mask are recomputed (the mask by
+# the very float operations of the forward, so it is the forward's to the last bit). The
+# mathematics is exactly that of the pairs above; the tests check that batchnorm_relu_* equals
+# batchnorm_* followed by relu_*.
 
 
 class BatchNormReluCache(NamedTuple):
     x: NDArray
-    out: NDArray | None  # kept for the ReLU's mask; None without ReLU
+    scale: NDArray  # (C,) in x's dtype: the forward computed scale * x + shift
+    shift: NDArray
     mean: NDArray  # (C,) float64
     inv_std: NDArray  # (C,)
     gamma: NDArray
@@ -197,9 +199,10 @@ def batchnorm_relu_forward(
     # out = gamma * (x - mu) * inv_std + beta = scale * x + shift
     scale = params["gamma"] * inv_std
     shift = params["beta"] - mu * scale
-    out = _kernels._bn_relu_forward(x, scale.astype(x.dtype), shift.astype(x.dtype), relu)
+    scale, shift = scale.astype(x.dtype), shift.astype(x.dtype)
+    out = _kernels._bn_relu_forward(x, scale, shift, relu)
     cache = BatchNormReluCache(
-        x, out if relu else None, mu, inv_std.astype(x.dtype), params["gamma"], training, relu
+        x, scale, shift, mu, inv_std.astype(x.dtype), params["gamma"], training, relu
     )
     return out, new_mean, new_var, cache
 
@@ -211,15 +214,7 @@ def batchnorm_relu_backward(
     dout = float_array("dout", dout, ndim=4)
     same_dtype("dout", dout, "the forward input", cache.x)
     shape_is("dout", dout, cache.x.shape)
-    x, out, mean, inv_std, gamma, training, relu = cache
-    # Without ReLU the kernel never reads `out`; x stands in for it.
+    x, scale, shift, mean, inv_std, gamma, training, relu = cache
     return _kernels._bn_relu_backward(
-        np.ascontiguousarray(dout),
-        x,
-        x if out is None else out,
-        mean,
-        inv_std,
-        gamma,
-        relu,
-        training,
+        np.ascontiguousarray(dout), x, scale, shift, mean, inv_std, gamma, relu, training
     )

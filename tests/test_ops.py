@@ -32,6 +32,8 @@ from scipy import signal
 from skscratch import (
     batchnorm_backward,
     batchnorm_forward,
+    batchnorm_relu_backward,
+    batchnorm_relu_forward,
     branch_softmax_backward,
     branch_softmax_forward,
     col2im,
@@ -264,6 +266,26 @@ def test_all_ones_dout_hides_batchnorm_backward_without_the_variance_term():
     # with the finite differences (both are 0). Hence the random upstream gradient.
     ones = np.ones(x.shape)
     assert np.abs(_batchnorm_dx_missing("variance", ones, cache) - dx_numeric(ones)).max() < 1e-6
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_batchnorm_relu_backward_masks_exactly_where_the_forward_output_is_zero(dtype):
+    # The fused backward recomputes the ReLU mask from x rather than keeping the output. Inputs
+    # within 64 ulps of the kink (scale * x + shift = 0) show any rounding that differs from
+    # the forward's; in evaluation mode dx is nonzero exactly where the gradient passed.
+    rng = np.random.default_rng(6)
+    c = 3
+    gamma = rng.uniform(0.5, 2, c).astype(dtype)
+    beta, mean = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
+    var = rng.uniform(0.5, 2, c).astype(dtype)
+    kink = mean - beta * np.sqrt(var + 1e-5) / gamma  # where gamma * xhat + beta = 0
+    ulps = rng.integers(-64, 65, (64, c, 4, 4))
+    x = kink[None, :, None, None] + ulps * np.spacing(kink)[None, :, None, None]
+    x = x.astype(dtype)
+    out, _, _, cache = batchnorm_relu_forward(x, gamma, beta, mean, var, training=False)
+    assert (out == 0).any() and (out > 0).any()
+    dx, _, _ = batchnorm_relu_backward(np.ones_like(x), cache)
+    np.testing.assert_array_equal(dx != 0, out > 0)
 
 
 # --- ReLU --------------------------------------------------------------------------------------
