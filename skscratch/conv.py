@@ -173,10 +173,13 @@ def _columns(cache: ConvCache) -> NDArray:
     return cols.reshape(x.shape[0], cache.groups, c_in_g * kh * kw, length)
 
 
-def conv2d_backward(dout: NDArray, cache: ConvCache) -> tuple[NDArray, NDArray, NDArray | None]:
+def conv2d_backward(
+    dout: NDArray, cache: ConvCache, *, input_grad: bool = True
+) -> tuple[NDArray | None, NDArray, NDArray | None]:
     """Gradients of the convolution.
 
     dout: (N, C_out, H_out, W_out). Returns dx: (N, C_in, H, W), dw: like w, db: (C_out,) or None.
+    input_grad=False skips dx (returned as None), for a first layer whose input is the data.
     """
     x, w, has_bias, stride, padding, dilation, groups, out_size, method = cache
     n, c_in, _, _ = x.shape
@@ -186,7 +189,7 @@ def conv2d_backward(dout: NDArray, cache: ConvCache) -> tuple[NDArray, NDArray, 
     shape_is("dout", dout, (n, c_out, *out_size))
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None
     if method == "direct":
-        dx, dw = _direct_backward(dout, cache)
+        dx, dw = _direct_backward(dout, cache, input_grad)
         return dx, dw, db
 
     # dW: dout times the columns, summed over images; dx: col2im of W^T times dout.
@@ -195,6 +198,8 @@ def conv2d_backward(dout: NDArray, cache: ConvCache) -> tuple[NDArray, NDArray, 
     dout_g = dout.reshape(n, groups, c_out // groups, length)  # (N, G, C_out/G, L)
     w_g = w.reshape(groups, c_out // groups, c_in_g * kh * kw)  # (G, C_out/G, K)
     dw = np.matmul(dout_g, cols.transpose(0, 1, 3, 2)).sum(axis=0).reshape(w.shape)
+    if not input_grad:
+        return None, dw, db
     dcols = np.matmul(w_g.transpose(0, 2, 1), dout_g)  # (N, G, K, L)
     scatter = col2im_reference if method == "reference" else col2im
     dx = scatter(
@@ -255,14 +260,18 @@ def _direct_forward(cache: ConvCache) -> NDArray:
     )
 
 
-def _direct_backward(dout: NDArray, cache: ConvCache) -> tuple[NDArray, NDArray]:
+def _direct_backward(
+    dout: NDArray, cache: ConvCache, input_grad: bool
+) -> tuple[NDArray | None, NDArray]:
     x, w, g = cache.x, cache.w, _phase_geometry(cache)
     _, _, h, wd = x.shape
     kh, kw = w.shape[2:]
     three = (kh, kw) == (3, 3)  # kernels unrolled over the nine taps
     lead = int(g.offset.max())  # zeros before the first image, for the stride-1 gather
     dspread = _kernels._spread_rows(np.ascontiguousarray(dout), g.wq, g.size, lead)
-    if three and cache.stride == (1, 1):
+    if not input_grad:
+        dx = None
+    elif three and cache.stride == (1, 1):
         dx = _kernels._conv3x3_direct_backward_data_stride1(
             dspread,
             w,

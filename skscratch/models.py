@@ -161,10 +161,14 @@ class SKResNeXt(Module):
             x = self.children[name].forward(x)
         return x
 
-    def backward(self, dout):
-        for name in reversed(self._order):
+    def backward(self, dout, *, input_grad: bool = True):
+        """Gradients of every parameter, and of the images, returned (N, 3, H, W). With
+        input_grad=False the stem's convolution skips the images' gradient, which training
+        never uses (as PyTorch does for inputs that do not require grad), and this returns None."""
+        for name in reversed(self._order[1:]):  # all but the stem
             dout = self.children[name].backward(dout)
-        return dout
+        stem = self.children["stem"]
+        return stem[0].backward(stem[1].backward(dout), input_grad=input_grad)
 
     def sk_units(self) -> list[tuple[str, SKUnit]]:
         """(name, unit) of every SK unit, in order of depth."""

@@ -189,8 +189,10 @@ class Conv2d(Module):
         )
         return out
 
-    def backward(self, dout):
-        dx, dw, db = conv2d_backward(dout, self._saved_cache())
+    def backward(self, dout, *, input_grad: bool = True):
+        """input_grad=False: the weights' gradients only (dx is None), as for a network's
+        first layer."""
+        dx, dw, db = conv2d_backward(dout, self._saved_cache(), input_grad=input_grad)
         self.params["weight"].grad = dw
         if db is not None:
             self.params["bias"].grad = db

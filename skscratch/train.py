@@ -80,11 +80,11 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {value}")
 
 
-def train_step(model: Module, optimizer: SGD, x: NDArray, y: NDArray) -> tuple[float, int]:
+def train_step(model: SKResNeXt, optimizer: SGD, x: NDArray, y: NDArray) -> tuple[float, int]:
     """One SGD step on a batch x (B, 3, 32, 32) float32, y (B,). Returns (loss, correct)."""
     logits = model.forward(x)
     loss, dlogits = softmax_cross_entropy(logits, y)
-    model.backward(dlogits)
+    model.backward(dlogits, input_grad=False)  # no gradient of the images themselves
     optimizer.step()
     return loss, int((logits.argmax(axis=1) == y).sum())
 

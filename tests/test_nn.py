@@ -319,6 +319,34 @@ NETWORK_TOL = 1e-6
 ENTRIES_PER_TENSOR = 6
 
 
+@pytest.mark.parametrize("method", ["direct", "im2col", "reference"])
+def test_input_grad_false_skips_only_dx(method):
+    rng = _rng(13)
+    x = rng.standard_normal((3, 4, 7, 6))
+    w, b = rng.standard_normal((4, 2, 3, 3)), rng.standard_normal(4)
+    options = dict(stride=2, padding=1, groups=2, method=method)
+    out, cache = conv2d_forward(x, w, b, **options)
+    dout = rng.standard_normal(out.shape)
+    dx, dw, db = conv2d_backward(dout, cache)
+    _, cache = conv2d_forward(x, w, b, **options)
+    none, dw_only, db_only = conv2d_backward(dout, cache, input_grad=False)
+    assert none is None and dx.shape == x.shape
+    assert_same(dw_only, dw)
+    assert_same(db_only, db)
+
+
+def test_network_backward_without_the_input_gradient_gives_the_same_parameter_gradients():
+    model = _randomised_small_model(seed=11, training=True)
+    x = _rng(12).standard_normal((4, 3, 8, 8))
+    dout = _rng(13).standard_normal(model.forward(x).shape)
+    assert model.backward(dout).shape == x.shape
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    model.forward(x)
+    assert model.backward(dout, input_grad=False) is None
+    for name, p in model.named_parameters():
+        assert_same(p.grad, grads[name])
+
+
 @pytest.mark.parametrize("training", [True, False])
 def test_whole_network_gradients_match_finite_differences(training):
     model = _randomised_small_model(seed=11, training=training)
