@@ -300,17 +300,72 @@ def _conv_direct_backward_data(
                         target = acc[phase[i, j], off : off + length]
                         for k in range(length):
                             target[k] += wv * ds[k]
-            c = g * c_in_g + ci
-            for m in range(nb):
-                for y in range(h):
-                    p, row = (y + ph) % sh, (y + ph) // sh
-                    for q in range(sw):
-                        x0 = (q - pw) % sw
-                        if x0 >= wd:
-                            continue
-                        src = acc[p * sw + q, m * size + row * wq + (x0 + pw) // sw :]
-                        for k in range((wd - 1 - x0) // sw + 1):
-                            dx[n0 + m, c, y, x0 + k * sw] = src[k]
+            _unpad_phases(dx[n0 : n0 + nb, g * c_in_g + ci], acc, ph, pw, sh, sw, wq, size)
+    return dx
+
+
+@njit(cache=True, inline="always")
+def _unpad_phases(dst, acc, ph, pw, sh, sw, wq, size):
+    """The inverse of `_fill_phases` for a block of images: dst (nb, H, W) <- the pixels of the
+    padded, phase-split planes acc (sh*sw, nb * size), without the padding."""
+    h, wd = dst.shape[1], dst.shape[2]
+    for m in range(dst.shape[0]):
+        for y in range(h):
+            p, row = (y + ph) % sh, (y + ph) // sh
+            for q in range(sw):
+                x0 = (q - pw) % sw
+                if x0 >= wd:
+                    continue
+                src = acc[p * sw + q, m * size + row * wq + (x0 + pw) // sw :]
+                for k in range((wd - 1 - x0) // sw + 1):
+                    dst[m, y, x0 + k * sw] = src[k]
+
+
+@njit(cache=True, parallel=True, fastmath={"contract"})
+def _conv3x3_direct_backward_data_stride2(
+    dspread, w, groups, h, wd, ph, pw, wq, size, block, back, lead, odd
+):
+    """`_conv_direct_backward_data` for 3x3 kernels at stride 2, as a gather (see the stride-1
+    kernel), for dilations of one parity on both axes. Tap (i, j) lands in the phase
+    (i * dh % 2, j * dw % 2) of the padded input. With odd dilations that is (i % 2, j % 2): the
+    four phases receive 4, 2, 2 and 1 taps, all four in one pass over dout. With even dilations
+    every tap lands in phase (0, 0) and the other three receive nothing."""
+    n_img = (dspread.shape[1] - lead) // size
+    c_out, c_in_g = w.shape[0], w.shape[1]
+    c_out_g = c_out // groups
+    n_blocks = (n_img + block - 1) // block
+    one_phase = np.zeros((3, 3), dtype=np.int64)  # dout has a single phase
+    dx = np.empty((n_img, c_in_g * groups, h, wd), dtype=dspread.dtype)
+    for bg in prange(n_blocks * groups):
+        n0 = bg // groups * block
+        g = bg % groups
+        nb = min(block, n_img - n0)
+        length = nb * size
+        acc = np.empty((4, length), dtype=dspread.dtype)
+        a0, a1, a2, a3 = acc[0], acc[1], acc[2], acc[3]
+        for ci in range(c_in_g):
+            acc[:] = 0
+            for co in range(g * c_out_g, (g + 1) * c_out_g):
+                d0, d1, d2, d3, d4, d5, d6, d7, d8 = _nine_taps(
+                    dspread[co : co + 1], lead + n0 * size, length, one_phase, back
+                )
+                w0, w1, w2 = w[co, ci, 0, 0], w[co, ci, 0, 1], w[co, ci, 0, 2]
+                w3, w4, w5 = w[co, ci, 1, 0], w[co, ci, 1, 1], w[co, ci, 1, 2]
+                w6, w7, w8 = w[co, ci, 2, 0], w[co, ci, 2, 1], w[co, ci, 2, 2]
+                if odd:
+                    for k in range(length):
+                        a0[k] += w0 * d0[k] + w2 * d2[k] + w6 * d6[k] + w8 * d8[k]
+                        a1[k] += w1 * d1[k] + w7 * d7[k]
+                        a2[k] += w3 * d3[k] + w5 * d5[k]
+                        a3[k] += w4 * d4[k]
+                else:
+                    for k in range(length):
+                        a0[k] += (
+                            w0 * d0[k] + w1 * d1[k] + w2 * d2[k]
+                            + w3 * d3[k] + w4 * d4[k] + w5 * d5[k]
+                            + w6 * d6[k] + w7 * d7[k] + w8 * d8[k]
+                        )  # fmt: skip
+            _unpad_phases(dx[n0 : n0 + nb, g * c_in_g + ci], acc, ph, pw, 2, 2, wq, size)
     return dx
 
 

@@ -286,6 +286,21 @@ def _direct_backward(
             -g.offset,
             lead,
         )
+    elif three and cache.stride == (2, 2) and cache.dilation[0] % 2 == cache.dilation[1] % 2:
+        dx = _kernels._conv3x3_direct_backward_data_stride2(
+            dspread,
+            w,
+            cache.groups,
+            h,
+            wd,
+            *cache.padding,
+            g.wq,
+            g.size,
+            g.block,
+            -g.offset,
+            lead,
+            cache.dilation[0] % 2 == 1,
+        )
     else:
         dx = _kernels._conv_direct_backward_data(
             dspread,
