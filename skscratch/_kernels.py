@@ -234,24 +234,61 @@ def _conv3x3_direct_forward(x, w, groups, ph, pw, sh, sw, ho, wo, wq, size, bloc
                 plane = x[n0 + m, g * c_in_g + ci]
                 _fill_phases(xq[ci, :, m * size : (m + 1) * size], plane, ph, pw, sh, sw, wq)
         length = (nb - 1) * size + ho * wq
-        acc = np.empty(length, dtype=x.dtype)
-        for co in range(g * c_out_g, (g + 1) * c_out_g):
+        acc = np.empty((2, length), dtype=x.dtype)
+        a0, a1 = acc[0], acc[1]
+        end = (g + 1) * c_out_g
+        for co in range(g * c_out_g, end, 2):  # output channels in pairs, and one left over
+            pair = co + 1 < end
             acc[:] = 0
             for ci in range(c_in_g):
-                x0, x1, x2, x3, x4, x5, x6, x7, x8 = _nine_taps(xq[ci], 0, length, phase, offset)
-                w0, w1, w2 = w[co, ci, 0, 0], w[co, ci, 0, 1], w[co, ci, 0, 2]
-                w3, w4, w5 = w[co, ci, 1, 0], w[co, ci, 1, 1], w[co, ci, 1, 2]
-                w6, w7, w8 = w[co, ci, 2, 0], w[co, ci, 2, 1], w[co, ci, 2, 2]
-                for k in range(length):
-                    acc[k] += (
-                        w0 * x0[k] + w1 * x1[k] + w2 * x2[k]
-                        + w3 * x3[k] + w4 * x4[k] + w5 * x5[k]
-                        + w6 * x6[k] + w7 * x7[k] + w8 * x8[k]
-                    )  # fmt: skip
+                taps = _nine_taps(xq[ci], 0, length, phase, offset)
+                w_b = _nine_weights(w, co + 1, ci) if pair else _nine_weights(w, co, ci)
+                _add_nine_taps(a0, a1, taps, _nine_weights(w, co, ci), w_b, pair)
             for m in range(nb):
                 for y in range(ho):
-                    out[n0 + m, co, y] = acc[m * size + y * wq : m * size + y * wq + wo]
+                    start = m * size + y * wq
+                    out[n0 + m, co, y] = a0[start : start + wo]
+                    if pair:
+                        out[n0 + m, co + 1, y] = a1[start : start + wo]
     return out
+
+
+@njit(cache=True, inline="always")
+def _add_nine_taps(a0, a1, taps, w_a, w_b, pair):
+    """a0 += sum_t w_a[t] * taps[t]; and if pair, a1 += sum_t w_b[t] * taps[t] in the same pass,
+    so that two outputs share each value loaded."""
+    t0, t1, t2, t3, t4, t5, t6, t7, t8 = taps
+    w0, w1, w2, w3, w4, w5, w6, w7, w8 = w_a
+    if not pair:
+        for k in range(a0.size):
+            a0[k] += (
+                w0 * t0[k] + w1 * t1[k] + w2 * t2[k]
+                + w3 * t3[k] + w4 * t4[k] + w5 * t5[k]
+                + w6 * t6[k] + w7 * t7[k] + w8 * t8[k]
+            )  # fmt: skip
+        return
+    v0, v1, v2, v3, v4, v5, v6, v7, v8 = w_b
+    for k in range(a0.size):
+        x0, x1, x2, x3, x4 = t0[k], t1[k], t2[k], t3[k], t4[k]
+        x5, x6, x7, x8 = t5[k], t6[k], t7[k], t8[k]
+        a0[k] += (
+            w0 * x0 + w1 * x1 + w2 * x2 + w3 * x3 + w4 * x4
+            + w5 * x5 + w6 * x6 + w7 * x7 + w8 * x8
+        )  # fmt: skip
+        a1[k] += (
+            v0 * x0 + v1 * x1 + v2 * x2 + v3 * x3 + v4 * x4
+            + v5 * x5 + v6 * x6 + v7 * x7 + v8 * x8
+        )  # fmt: skip
+
+
+@njit(cache=True, inline="always")
+def _nine_weights(w, co, ci):
+    """The nine taps of the 3x3 kernel w[co, ci], in row order."""
+    return (
+        w[co, ci, 0, 0], w[co, ci, 0, 1], w[co, ci, 0, 2],
+        w[co, ci, 1, 0], w[co, ci, 1, 1], w[co, ci, 1, 2],
+        w[co, ci, 2, 0], w[co, ci, 2, 1], w[co, ci, 2, 2],
+    )  # fmt: skip
 
 
 @njit(cache=True, inline="always")
@@ -349,9 +386,7 @@ def _conv3x3_direct_backward_data_stride2(
                 d0, d1, d2, d3, d4, d5, d6, d7, d8 = _nine_taps(
                     dspread[co : co + 1], lead + n0 * size, length, one_phase, back
                 )
-                w0, w1, w2 = w[co, ci, 0, 0], w[co, ci, 0, 1], w[co, ci, 0, 2]
-                w3, w4, w5 = w[co, ci, 1, 0], w[co, ci, 1, 1], w[co, ci, 1, 2]
-                w6, w7, w8 = w[co, ci, 2, 0], w[co, ci, 2, 1], w[co, ci, 2, 2]
+                w0, w1, w2, w3, w4, w5, w6, w7, w8 = _nine_weights(w, co, ci)
                 if odd:
                     for k in range(length):
                         a0[k] += w0 * d0[k] + w2 * d2[k] + w6 * d6[k] + w8 * d8[k]
@@ -387,27 +422,23 @@ def _conv3x3_direct_backward_data_stride1(
         g = bg % groups
         nb = min(block, n_img - n0)
         length = nb * size
-        acc = np.empty(length, dtype=dspread.dtype)
-        for ci in range(c_in_g):
+        acc = np.empty((2, length), dtype=dspread.dtype)
+        a0, a1 = acc[0], acc[1]
+        end = (g + 1) * c_in_g
+        for c in range(g * c_in_g, end, 2):  # input channels in pairs, and one left over
+            pair = c + 1 < end
+            ci = c - g * c_in_g
             acc[:] = 0
             for co in range(g * c_out_g, (g + 1) * c_out_g):
-                d0, d1, d2, d3, d4, d5, d6, d7, d8 = _nine_taps(
-                    dspread[co : co + 1], lead + n0 * size, length, phase, back
-                )
-                w0, w1, w2 = w[co, ci, 0, 0], w[co, ci, 0, 1], w[co, ci, 0, 2]
-                w3, w4, w5 = w[co, ci, 1, 0], w[co, ci, 1, 1], w[co, ci, 1, 2]
-                w6, w7, w8 = w[co, ci, 2, 0], w[co, ci, 2, 1], w[co, ci, 2, 2]
-                for k in range(length):
-                    acc[k] += (
-                        w0 * d0[k] + w1 * d1[k] + w2 * d2[k]
-                        + w3 * d3[k] + w4 * d4[k] + w5 * d5[k]
-                        + w6 * d6[k] + w7 * d7[k] + w8 * d8[k]
-                    )  # fmt: skip
-            c = g * c_in_g + ci
+                taps = _nine_taps(dspread[co : co + 1], lead + n0 * size, length, phase, back)
+                w_b = _nine_weights(w, co, ci + 1) if pair else _nine_weights(w, co, ci)
+                _add_nine_taps(a0, a1, taps, _nine_weights(w, co, ci), w_b, pair)
             for m in range(nb):
                 for y in range(h):
                     start = m * size + (y + ph) * wq + pw
-                    dx[n0 + m, c, y] = acc[start : start + wd]
+                    dx[n0 + m, c, y] = a0[start : start + wd]
+                    if pair:
+                        dx[n0 + m, c + 1, y] = a1[start : start + wd]
     return dx
 
 
