@@ -378,29 +378,39 @@ def _conv3x3_direct_backward_data_stride2(
         g = bg % groups
         nb = min(block, n_img - n0)
         length = nb * size
-        acc = np.empty((4, length), dtype=dspread.dtype)
-        a0, a1, a2, a3 = acc[0], acc[1], acc[2], acc[3]
-        for ci in range(c_in_g):
+        acc = np.empty((2, 4, length), dtype=dspread.dtype)  # two input channels' phases
+        a0, a1, a2, a3 = acc[0, 0], acc[0, 1], acc[0, 2], acc[0, 3]
+        b0, b1, b2, b3 = acc[1, 0], acc[1, 1], acc[1, 2], acc[1, 3]
+        end = (g + 1) * c_in_g
+        for c in range(g * c_in_g, end, 2):  # input channels in pairs, and one left over
+            pair = c + 1 < end
+            ci = c - g * c_in_g
             acc[:] = 0
             for co in range(g * c_out_g, (g + 1) * c_out_g):
-                d0, d1, d2, d3, d4, d5, d6, d7, d8 = _nine_taps(
-                    dspread[co : co + 1], lead + n0 * size, length, one_phase, back
-                )
-                w0, w1, w2, w3, w4, w5, w6, w7, w8 = _nine_weights(w, co, ci)
-                if odd:
-                    for k in range(length):
-                        a0[k] += w0 * d0[k] + w2 * d2[k] + w6 * d6[k] + w8 * d8[k]
-                        a1[k] += w1 * d1[k] + w7 * d7[k]
-                        a2[k] += w3 * d3[k] + w5 * d5[k]
-                        a3[k] += w4 * d4[k]
-                else:
-                    for k in range(length):
-                        a0[k] += (
-                            w0 * d0[k] + w1 * d1[k] + w2 * d2[k]
-                            + w3 * d3[k] + w4 * d4[k] + w5 * d5[k]
-                            + w6 * d6[k] + w7 * d7[k] + w8 * d8[k]
-                        )  # fmt: skip
-            _unpad_phases(dx[n0 : n0 + nb, g * c_in_g + ci], acc, ph, pw, 2, 2, wq, size)
+                taps = _nine_taps(dspread[co : co + 1], lead + n0 * size, length, one_phase, back)
+                w_a = _nine_weights(w, co, ci)
+                w_b = _nine_weights(w, co, ci + 1) if pair else w_a
+                if not odd:
+                    _add_nine_taps(a0, b0, taps, w_a, w_b, pair)
+                    continue
+                d0, d1, d2, d3, d4, d5, d6, d7, d8 = taps
+                w0, w1, w2, w3, w4, w5, w6, w7, w8 = w_a
+                v0, v1, v2, v3, v4, v5, v6, v7, v8 = w_b
+                for k in range(length):
+                    x0, x1, x2, x3, x4 = d0[k], d1[k], d2[k], d3[k], d4[k]
+                    x5, x6, x7, x8 = d5[k], d6[k], d7[k], d8[k]
+                    a0[k] += w0 * x0 + w2 * x2 + w6 * x6 + w8 * x8
+                    a1[k] += w1 * x1 + w7 * x7
+                    a2[k] += w3 * x3 + w5 * x5
+                    a3[k] += w4 * x4
+                    if pair:
+                        b0[k] += v0 * x0 + v2 * x2 + v6 * x6 + v8 * x8
+                        b1[k] += v1 * x1 + v7 * x7
+                        b2[k] += v3 * x3 + v5 * x5
+                        b3[k] += v4 * x4
+            _unpad_phases(dx[n0 : n0 + nb, c], acc[0], ph, pw, 2, 2, wq, size)
+            if pair:
+                _unpad_phases(dx[n0 : n0 + nb, c + 1], acc[1], ph, pw, 2, 2, wq, size)
     return dx
 
 
