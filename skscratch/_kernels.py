@@ -309,17 +309,16 @@ def _nine_taps(plane, start, length, phase, offset):
 
 @njit(cache=True, parallel=True, fastmath={"contract"})
 def _conv_direct_backward_data(
-    dspread, w, groups, h, wd, ph, pw, sh, sw, wq, size, block, phase, offset, lead
+    dx, add, dspread, w, groups, ph, pw, sh, sw, wq, size, block, phase, offset, lead
 ):
     """dx[n, ci] = sum over the group's co and taps of w[co, ci, i, j] * dout[n, co] shifted back:
     the transpose of the forward, scattering into the padded phases, which are then read back
-    into the unpadded planes."""
+    into the unpadded planes of dx (N, C_in, H, W), written, or added to if `add`."""
     n_img = (dspread.shape[1] - lead) // size
     c_out, c_in_g, kh, kw = w.shape
     c_out_g = c_out // groups
     n_blocks = (n_img + block - 1) // block
     ho_wq = size - offset.max()  # at least the flat length of one image's outputs
-    dx = np.empty((n_img, c_in_g * groups, h, wd), dtype=dspread.dtype)
     for bg in prange(n_blocks * groups):
         n0 = bg // groups * block
         g = bg % groups
@@ -337,14 +336,13 @@ def _conv_direct_backward_data(
                         target = acc[phase[i, j], off : off + length]
                         for k in range(length):
                             target[k] += wv * ds[k]
-            _unpad_phases(dx[n0 : n0 + nb, g * c_in_g + ci], acc, ph, pw, sh, sw, wq, size)
-    return dx
+            _unpad_phases(dx[n0 : n0 + nb, g * c_in_g + ci], acc, ph, pw, sh, sw, wq, size, add)
 
 
 @njit(cache=True, inline="always")
-def _unpad_phases(dst, acc, ph, pw, sh, sw, wq, size):
-    """The inverse of `_fill_phases` for a block of images: dst (nb, H, W) <- the pixels of the
-    padded, phase-split planes acc (sh*sw, nb * size), without the padding."""
+def _unpad_phases(dst, acc, ph, pw, sh, sw, wq, size, add):
+    """The inverse of `_fill_phases` for a block of images: dst (nb, H, W) <- (or += if add) the
+    pixels of the padded, phase-split planes acc (sh*sw, nb * size), without the padding."""
     h, wd = dst.shape[1], dst.shape[2]
     for m in range(dst.shape[0]):
         for y in range(h):
@@ -354,13 +352,21 @@ def _unpad_phases(dst, acc, ph, pw, sh, sw, wq, size):
                 if x0 >= wd:
                     continue
                 src = acc[p * sw + q, m * size + row * wq + (x0 + pw) // sw :]
+                line = dst[m, y]
                 for k in range((wd - 1 - x0) // sw + 1):
-                    dst[m, y, x0 + k * sw] = src[k]
+                    line[x0 + k * sw] = line[x0 + k * sw] + src[k] if add else src[k]
+
+
+@njit(cache=True, inline="always")
+def _put(dst, src, add):
+    """dst[:] = src, or dst += src if add (1-D, of one length)."""
+    for k in range(dst.size):
+        dst[k] = dst[k] + src[k] if add else src[k]
 
 
 @njit(cache=True, parallel=True, fastmath={"contract"})
 def _conv3x3_direct_backward_data_stride2(
-    dspread, w, groups, h, wd, ph, pw, wq, size, block, back, lead, odd
+    dx, add, dspread, w, groups, ph, pw, wq, size, block, back, lead, odd
 ):
     """`_conv_direct_backward_data` for 3x3 kernels at stride 2, as a gather (see the stride-1
     kernel), for dilations of one parity on both axes. Tap (i, j) lands in the phase
@@ -372,7 +378,6 @@ def _conv3x3_direct_backward_data_stride2(
     c_out_g = c_out // groups
     n_blocks = (n_img + block - 1) // block
     one_phase = np.zeros((3, 3), dtype=np.int64)  # dout has a single phase
-    dx = np.empty((n_img, c_in_g * groups, h, wd), dtype=dspread.dtype)
     for bg in prange(n_blocks * groups):
         n0 = bg // groups * block
         g = bg % groups
@@ -408,25 +413,24 @@ def _conv3x3_direct_backward_data_stride2(
                         b1[k] += v1 * x1 + v7 * x7
                         b2[k] += v3 * x3 + v5 * x5
                         b3[k] += v4 * x4
-            _unpad_phases(dx[n0 : n0 + nb, c], acc[0], ph, pw, 2, 2, wq, size)
+            _unpad_phases(dx[n0 : n0 + nb, c], acc[0], ph, pw, 2, 2, wq, size, add)
             if pair:
-                _unpad_phases(dx[n0 : n0 + nb, c + 1], acc[1], ph, pw, 2, 2, wq, size)
-    return dx
+                _unpad_phases(dx[n0 : n0 + nb, c + 1], acc[1], ph, pw, 2, 2, wq, size, add)
 
 
 @njit(cache=True, parallel=True, fastmath={"contract"})
 def _conv3x3_direct_backward_data_stride1(
-    dspread, w, groups, h, wd, ph, pw, wq, size, block, phase, back, lead
+    dx, add, dspread, w, groups, ph, pw, wq, size, block, phase, back, lead
 ):
     """`_conv_direct_backward_data` for 3x3 kernels at stride 1, as a gather: padded input
     pixel j receives sum over co and taps of w[co, ci, tap] * dout[co] at j - offset[tap]. So
     the nine taps go in one pass, as in the forward. `back` is -offset; the `lead` zeros
-    before dspread's first image serve the reads before it."""
+    before dspread's first image serve the reads before it. Writes dx, or adds to it if add."""
     n_img = (dspread.shape[1] - lead) // size
     c_out, c_in_g = w.shape[0], w.shape[1]
     c_out_g = c_out // groups
     n_blocks = (n_img + block - 1) // block
-    dx = np.empty((n_img, c_in_g * groups, h, wd), dtype=dspread.dtype)
+    h, wd = dx.shape[2], dx.shape[3]
     for bg in prange(n_blocks * groups):
         n0 = bg // groups * block
         g = bg % groups
@@ -446,10 +450,9 @@ def _conv3x3_direct_backward_data_stride1(
             for m in range(nb):
                 for y in range(h):
                     start = m * size + (y + ph) * wq + pw
-                    dx[n0 + m, c, y] = a0[start : start + wd]
+                    _put(dx[n0 + m, c, y], a0[start : start + wd], add)
                     if pair:
-                        dx[n0 + m, c + 1, y] = a1[start : start + wd]
-    return dx
+                        _put(dx[n0 + m, c + 1, y], a1[start : start + wd], add)
 
 
 @njit(cache=True, parallel=True, fastmath=True)

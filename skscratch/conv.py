@@ -174,12 +174,14 @@ def _columns(cache: ConvCache) -> NDArray:
 
 
 def conv2d_backward(
-    dout: NDArray, cache: ConvCache, *, input_grad: bool = True
+    dout: NDArray, cache: ConvCache, *, input_grad: bool = True, add_to: NDArray | None = None
 ) -> tuple[NDArray | None, NDArray, NDArray | None]:
     """Gradients of the convolution.
 
     dout: (N, C_out, H_out, W_out). Returns dx: (N, C_in, H, W), dw: like w, db: (C_out,) or None.
     input_grad=False skips dx (returned as None), for a first layer whose input is the data.
+    add_to: an array like x that dx is added to in place and returned as dx, for gradients that
+    sum over several paths (the direct kernels add as they write, saving a pass over memory).
     """
     x, w, has_bias, stride, padding, dilation, groups, out_size, method = cache
     n, c_in, _, _ = x.shape
@@ -187,9 +189,15 @@ def conv2d_backward(
     dout = float_array("dout", dout, ndim=4)
     same_dtype("dout", dout, "the forward input", w)
     shape_is("dout", dout, (n, c_out, *out_size))
+    if add_to is not None and input_grad:
+        _check_add_to(add_to, x)
+        if method != "direct" or not add_to.flags.c_contiguous:  # add once dx is done
+            dx, dw, db = conv2d_backward(dout, cache)
+            add_to += dx
+            return add_to, dw, db
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None
     if method == "direct":
-        dx, dw = _direct_backward(dout, cache, input_grad)
+        dx, dw = _direct_backward(dout, cache, input_grad, add_to)
         return dx, dw, db
 
     # dW: dout times the columns, summed over images; dx: col2im of W^T times dout.
@@ -213,6 +221,17 @@ def conv2d_backward(
     )
     return dx, dw, db
     # END SOLUTION
+
+
+def _check_add_to(add_to, x: NDArray) -> None:
+    if not isinstance(add_to, np.ndarray) or add_to.shape != x.shape or add_to.dtype != x.dtype:
+        got = (getattr(add_to, "shape", None), getattr(add_to, "dtype", type(add_to).__name__))
+        raise ValueError(
+            f"add_to must be an array of the input's shape {x.shape} and dtype {x.dtype}, "
+            f"got shape {got[0]}, dtype {got[1]}"
+        )
+    if not add_to.flags.writeable:
+        raise ValueError("add_to must be writeable: dx is added to it in place")
 
 
 # The direct path: the kernels read each zero-padded input plane, split into its stride phases,
@@ -261,62 +280,31 @@ def _direct_forward(cache: ConvCache) -> NDArray:
 
 
 def _direct_backward(
-    dout: NDArray, cache: ConvCache, input_grad: bool
+    dout: NDArray, cache: ConvCache, input_grad: bool, add_to: NDArray | None
 ) -> tuple[NDArray | None, NDArray]:
     x, w, g = cache.x, cache.w, _phase_geometry(cache)
-    _, _, h, wd = x.shape
     kh, kw = w.shape[2:]
     three = (kh, kw) == (3, 3)  # kernels unrolled over the nine taps
     lead = int(g.offset.max())  # zeros before the first image, for the stride-1 gather
     dspread = _kernels._spread_rows(np.ascontiguousarray(dout), g.wq, g.size, lead)
-    if not input_grad:
-        dx = None
-    elif three and cache.stride == (1, 1):
-        dx = _kernels._conv3x3_direct_backward_data_stride1(
-            dspread,
-            w,
-            cache.groups,
-            h,
-            wd,
-            *cache.padding,
-            g.wq,
-            g.size,
-            g.block,
-            g.phase,
-            -g.offset,
-            lead,
-        )
-    elif three and cache.stride == (2, 2) and cache.dilation[0] % 2 == cache.dilation[1] % 2:
-        dx = _kernels._conv3x3_direct_backward_data_stride2(
-            dspread,
-            w,
-            cache.groups,
-            h,
-            wd,
-            *cache.padding,
-            g.wq,
-            g.size,
-            g.block,
-            -g.offset,
-            lead,
-            cache.dilation[0] % 2 == 1,
-        )
-    else:
-        dx = _kernels._conv_direct_backward_data(
-            dspread,
-            w,
-            cache.groups,
-            h,
-            wd,
-            *cache.padding,
-            *cache.stride,
-            g.wq,
-            g.size,
-            g.block,
-            g.phase,
-            g.offset,
-            lead,
-        )
+    dx = None
+    if input_grad:
+        add = add_to is not None
+        dx = add_to if add else np.empty(x.shape, dtype=x.dtype)
+        head = (dx, add, dspread, w, cache.groups, *cache.padding)
+        (dil_h, dil_w), block = cache.dilation, g.block
+        if three and cache.stride == (1, 1):
+            _kernels._conv3x3_direct_backward_data_stride1(
+                *head, g.wq, g.size, block, g.phase, -g.offset, lead
+            )
+        elif three and cache.stride == (2, 2) and dil_h % 2 == dil_w % 2:
+            _kernels._conv3x3_direct_backward_data_stride2(
+                *head, g.wq, g.size, block, -g.offset, lead, dil_h % 2 == 1
+            )
+        else:
+            _kernels._conv_direct_backward_data(
+                *head, *cache.stride, g.wq, g.size, block, g.phase, g.offset, lead
+            )
     xq = _kernels._pad_phases(x, *cache.padding, *cache.stride, g.wq, g.size)
     if three:
         dw = _kernels._conv3x3_direct_backward_weight(

@@ -290,7 +290,7 @@ def sk_unit_backward(dout: NDArray, cache: SKCache) -> tuple[NDArray, dict[str, 
         du, grads[f"bns.{m}.weight"], grads[f"bns.{m}.bias"] = batchnorm_relu_backward(
             dbranches[m], bn_relu_cache
         )
-        dx_m, grads[f"convs.{m}.weight"], _ = conv2d_backward(du, conv_cache)
-        dx = dx_m if dx is None else dx + dx_m
+        # The branches read the same x: their gradients add (the later ones into the first's).
+        dx, grads[f"convs.{m}.weight"], _ = conv2d_backward(du, conv_cache, add_to=dx)
     return dx, grads
     # END SOLUTION

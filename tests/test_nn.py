@@ -335,6 +335,45 @@ def test_input_grad_false_skips_only_dx(method):
     assert_same(db_only, db)
 
 
+@pytest.mark.parametrize("method", ["direct", "im2col", "reference"])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_add_to_adds_dx_in_place(method, stride, dilation):
+    rng = _rng(14)
+    x = rng.standard_normal((3, 4, 7, 6))
+    w = rng.standard_normal((4, 2, 3, 3))
+    options = dict(stride=stride, padding=dilation, dilation=dilation, groups=2, method=method)
+    out, cache = conv2d_forward(x, w, **options)
+    dout = rng.standard_normal(out.shape)
+    dx, dw, _ = conv2d_backward(dout, cache)
+    for earlier in (rng.standard_normal(x.shape), rng.standard_normal(x.shape[::-1]).T):
+        expected = earlier + dx  # the second is not C-contiguous
+        _, cache = conv2d_forward(x, w, **options)
+        summed, dw_too, _ = conv2d_backward(dout, cache, add_to=earlier)
+        assert summed is earlier
+        np.testing.assert_allclose(summed, expected, rtol=1e-12, atol=1e-12)
+        assert_same(dw_too, dw)
+
+
+@pytest.mark.parametrize(
+    "add_to, message",
+    [
+        (np.zeros((3, 4, 7, 5)), "add_to must be an array of the input's shape"),
+        (np.zeros((3, 4, 7, 6), np.float32), "dtype float64"),
+        ([0.0], "add_to must be an array"),
+    ],
+)
+def test_add_to_of_the_wrong_kind_is_refused(add_to, message):
+    x = np.ones((3, 4, 7, 6))
+    _, cache = conv2d_forward(x, np.ones((4, 2, 3, 3)), padding=1, groups=2)
+    with pytest.raises(ValueError, match=message):
+        conv2d_backward(np.ones((3, 4, 7, 6)), cache, add_to=add_to)
+    frozen = np.zeros(x.shape)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="writeable"):
+        conv2d_backward(np.ones((3, 4, 7, 6)), cache, add_to=frozen)
+
+
 def test_network_backward_without_the_input_gradient_gives_the_same_parameter_gradients():
     model = _randomised_small_model(seed=11, training=True)
     x = _rng(12).standard_normal((4, 3, 8, 8))

@@ -331,7 +331,7 @@ def _away_from_kinks(forward, inputs: dict, margin: float = 1e-4) -> None:
     _, cache = forward(**inputs)
     bn_caches = {f"bns.{m}": c[1] for m, c in enumerate(cache.branch_caches)}
     for prefix, bn_cache in bn_caches.items():
-        x, _, mean, inv_std, gamma = bn_cache[:5]
+        x, mean, inv_std, gamma = bn_cache.x, bn_cache.mean, bn_cache.inv_std, bn_cache.gamma
         pre = (x - mean[:, None, None]) * inv_std[:, None, None] * gamma[:, None, None]
         pre = pre.swapaxes(0, 1).reshape(len(gamma), -1)  # (C, N*H*W), without the bias
         _shift_bias(inputs, f"{prefix}.bias", pre, margin)
