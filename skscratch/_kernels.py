@@ -549,6 +549,21 @@ def _relu_forward(x):
 
 
 @njit(cache=True, parallel=True)
+def _relu_forward_sum(x, r):
+    """The ReLU of x + r (1-D both), as `_relu_forward(x + r)` without writing x + r out."""
+    out = np.empty_like(x)
+    zero = x.dtype.type(0)
+    for b in prange((x.size + _CHUNK - 1) // _CHUNK):
+        src = x[b * _CHUNK : (b + 1) * _CHUNK]
+        res = r[b * _CHUNK : (b + 1) * _CHUNK]
+        dst = out[b * _CHUNK : (b + 1) * _CHUNK]
+        for k in range(src.size):
+            v = src[k] + res[k]
+            dst[k] = v if v > zero else zero
+    return out
+
+
+@njit(cache=True, parallel=True)
 def _relu_backward(dout, out):
     """dx = dout where out > 0, else 0. Both 1-D."""
     dx = np.empty_like(dout)

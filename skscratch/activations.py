@@ -29,11 +29,22 @@ class ReluCache(NamedTuple):
     out: NDArray  # the output: positive exactly where x was
 
 
-def relu_forward(x: NDArray) -> tuple[NDArray, ReluCache]:
-    """ReLU. x: any shape. Returns (out like x, cache)."""
+def relu_forward(x: NDArray, residual: NDArray | None = None) -> tuple[NDArray, ReluCache]:
+    """ReLU. x: any shape. Returns (out like x, cache).
+
+    With a residual (like x), the ReLU of x + residual, summed as it goes: a residual block's
+    sum and its ReLU in one pass over memory instead of two."""
     x = float_array("x", x)
-    # np.where(x > 0, x, 0), in one parallel pass (skscratch/_kernels.py).
-    out = _kernels._relu_forward(np.ascontiguousarray(x).reshape(-1)).reshape(x.shape)
+    flat = np.ascontiguousarray(x).reshape(-1)
+    if residual is None:
+        # np.where(x > 0, x, 0), in one parallel pass (skscratch/_kernels.py).
+        out = _kernels._relu_forward(flat)
+    else:
+        residual = float_array("residual", residual)
+        same_dtype("residual", residual, "x", x)
+        shape_is("residual", residual, x.shape)
+        out = _kernels._relu_forward_sum(flat, np.ascontiguousarray(residual).reshape(-1))
+    out = out.reshape(x.shape)
     return out, ReluCache(out)
 
 

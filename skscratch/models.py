@@ -65,7 +65,7 @@ class SKBottleneck(Module):
         for name in self._residual:
             out = self.children[name].forward(out)
         shortcut = self.children["shortcut"].forward(x) if "shortcut" in self.children else x
-        return self.children["relu"].forward(out + shortcut)
+        return self.children["relu"].forward(out, residual=shortcut)  # ReLU(out + shortcut)
 
     def backward(self, dout):
         d = self.children["relu"].backward(dout)

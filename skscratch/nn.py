@@ -249,8 +249,9 @@ class BatchNorm(Module):
 
 
 class ReLU(Module):
-    def forward(self, x):
-        out, self._cache = relu_forward(x)
+    def forward(self, x, residual=None):
+        """max(x, 0); with a residual, max(x + residual, 0) in one pass (relu_forward)."""
+        out, self._cache = relu_forward(x, residual)
         return out
 
     def backward(self, dout):

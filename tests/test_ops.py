@@ -309,6 +309,23 @@ def test_relu_gradients(shape, seed):
     assert_gradients_match(errors, ["x"])
 
 
+@given(any_shapes(), seeds)
+def test_relu_of_a_sum_is_the_relu_of_the_sum(shape, seed):
+    rng = np.random.default_rng(seed)
+    x, residual = rng.standard_normal(shape), rng.standard_normal(shape)
+    out, cache = relu_forward(x, residual)
+    np.testing.assert_array_equal(out, reference.relu(x + residual))
+    assert cache.out is out
+
+
+def test_relu_residual_of_another_shape_or_dtype_is_refused():
+    x = np.ones((2, 3))
+    with pytest.raises(ValueError, match="residual must have shape"):
+        relu_forward(x, np.ones((3, 2)))
+    with pytest.raises(TypeError, match="residual has dtype float32 but x has dtype float64"):
+        relu_forward(x, np.ones((2, 3), np.float32))
+
+
 def test_relu_gradient_at_zero_is_zero():
     _, cache = relu_forward(np.array([-1.0, 0.0, 1.0]))
     np.testing.assert_array_equal(relu_backward(np.ones(3), cache), [0.0, 0.0, 1.0])
