@@ -23,10 +23,12 @@ How it is computed (`method`, or the environment variable SKSCRATCH_CONV, defaul
   and copying 9 shifted versions of the input costs more than the arithmetic. A stride-s
   convolution reads the padded input in s*s interleaved phases, each a stride-1 convolution
   (see skscratch/_kernels.py), so no work is thrown away;
-- "auto": "direct" for grouped convolutions of up to 16 channels per group, else "im2col"
-  (measured on a 2-core AVX2 machine at batch 128: direct was 1.5-4x faster for 2-16 channels
-  per group at stride 1 and 2, except for 16 channels per group at stride 2, where the two were
-  even; dense convolutions keep the large matrix products that BLAS does well).
+- "auto": "direct" for windows larger than 1x1 with up to 16 input channels per group, else
+  "im2col" (measured on a 2-core AVX2 machine at batch 128: direct was 1.5-4x faster for 2-16
+  channels per group at stride 1 and 2, except for 16 channels per group at stride 2, where the
+  two were even; a dense 3x3 convolution of 3 to 16 input channels, such as a network's first,
+  took forward + backward 0.6-0.9x the time of im2col; 1x1 convolutions and wider groups keep
+  the large matrix products that BLAS does well).
 
 All four give the same result up to rounding; the tests check that they do.
 """
@@ -57,7 +59,8 @@ from skscratch.im2col import (
 )
 
 METHODS = ("auto", "reference", "im2col", "direct")
-# Up to this many input channels per group, "auto" convolves directly rather than by im2col.
+# Up to this many input channels per group, "auto" convolves windows larger than 1x1 directly
+# rather than by im2col.
 DIRECT_MAX_GROUP_WIDTH = 16
 
 
@@ -77,12 +80,12 @@ class ConvCache(NamedTuple):
         return self.x.shape
 
 
-def _choose_method(method: str | None, c_in_g: int, groups: int) -> str:
+def _choose_method(method: str | None, c_in_g: int, taps: int) -> str:
     method = method or os.environ.get("SKSCRATCH_CONV") or "auto"
     if method not in METHODS:
         raise ValueError(f"method (or $SKSCRATCH_CONV) must be one of {METHODS}, got {method!r}")
     if method == "auto":
-        direct = groups > 1 and c_in_g <= DIRECT_MAX_GROUP_WIDTH
+        direct = taps > 1 and c_in_g <= DIRECT_MAX_GROUP_WIDTH
         return "direct" if direct else "im2col"
     return method
 
@@ -132,7 +135,7 @@ def conv2d_forward(
         pair("dilation", dilation, 1),
     )
 
-    method = _choose_method(method, c_in_g, groups)
+    method = _choose_method(method, c_in_g, kh * kw)
     h_out = conv_output_size(h, kh, stride[0], padding[0], dilation[0])
     w_out = conv_output_size(wd, kw, stride[1], padding[1], dilation[1])
     if h_out < 1 or w_out < 1:

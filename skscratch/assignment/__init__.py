@@ -233,7 +233,7 @@ def assignment_text(exercises: list[Exercise]) -> str:
         "",
         "From this folder, `python -m skscratch gradcheck` compares every backward pass with",
         "finite differences and says which operations are not written yet. Convolutions: the",
-        'exercise is the im2col path (`method="im2col"` or `"reference"`); by default grouped',
+        'exercise is the im2col path (`method="im2col"` or `"reference"`); by default 3x3',
         "convolutions with few channels per group run on compiled kernels that are not yours.",
         "Batch norm on 4-D activations inside the network also runs on compiled kernels; your",
         "`batchnorm_forward`/`batchnorm_backward` serve the (N, C) case and the checks.",
