@@ -169,16 +169,19 @@ def _spread_rows(dout, wq, size, lead):
     the extra columns and the rest of its `size` zero, after `lead` zeros, so that the backward
     taps can run over whole flat planes too (and read up to `lead` values before the first)."""
     n_img, n_ch, ho, wo = dout.shape
-    out = np.zeros((n_ch, lead + n_img * size), dtype=dout.dtype)
+    out = np.empty((n_ch, lead + n_img * size), dtype=dout.dtype)
+    out[:, :lead] = 0
     for nc in prange(n_img * n_ch):
         n = nc // n_ch
         c = nc % n_ch
+        plane = out[c, lead + n * size : lead + (n + 1) * size]  # written whole, zeros included
         for y in range(ho):
-            start = lead + n * size + y * wq
-            row = out[c, start : start + wo]
+            row = plane[y * wq : (y + 1) * wq]
             src = dout[n, c, y]
             for k in range(wo):
                 row[k] = src[k]
+            _zero(row[wo:])
+        _zero(plane[ho * wq :])
     return out
 
 
