@@ -582,9 +582,15 @@ def _relu_backward(dout, out):
 
 # -- batch norm (+ ReLU), fused, for (N, C, H, W) ------------------------------------------------
 #
-# Parallel over channels: a channel's statistics and outputs depend only on that channel. The
-# sums are accumulated in float64, so float32 batches of 10^5 values per channel keep their
-# precision. The reference is skscratch.batchnorm (followed by skscratch.activations.relu).
+# A channel's statistics are sums over every image. The kernels read x in memory order, image by
+# image, in parallel chunks of images that each keep their own per-channel sums (added at the
+# end): reading one channel across all images instead jumps C*H*W values between planes, which
+# on small planes (8 x 8) ran at half the speed. The sums are accumulated in float64, so float32
+# batches of 10^5 values per channel keep their precision. The outputs depend on one plane each
+# and are written plane by plane. The reference is skscratch.batchnorm (followed by
+# skscratch.activations.relu).
+
+_BN_CHUNKS = 16  # chunks of images per batch: enough to keep every thread busy
 
 
 # Reassociation lets the compiler split each sum into vector lanes; without NaN/inf assumptions
@@ -596,20 +602,23 @@ def _bn_stats(x):
     scale (it would lose digits only where the mean is 10^8 times the spread)."""
     n_img, n_ch = x.shape[0], x.shape[1]
     m = n_img * x.shape[2] * x.shape[3]
-    mean = np.empty(n_ch, dtype=np.float64)
-    var = np.empty(n_ch, dtype=np.float64)
-    for c in prange(n_ch):
-        s = 0.0
-        q = 0.0
-        for n in range(n_img):
-            plane = x[n, c].ravel()
-            for k in range(plane.size):
-                v = np.float64(plane[k])
-                s += v
-                q += v * v
-        mu = s / m
-        mean[c] = mu
-        var[c] = max(q / m - mu * mu, 0.0)
+    n_chunks = min(n_img, _BN_CHUNKS)
+    sums = np.zeros((n_chunks, 2, n_ch))  # per chunk: sum of x, sum of x^2
+    for chunk in prange(n_chunks):
+        for n in range(chunk * n_img // n_chunks, (chunk + 1) * n_img // n_chunks):
+            for c in range(n_ch):
+                plane = x[n, c].ravel()
+                s = 0.0
+                q = 0.0
+                for k in range(plane.size):
+                    v = np.float64(plane[k])
+                    s += v
+                    q += v * v
+                sums[chunk, 0, c] += s
+                sums[chunk, 1, c] += q
+    total = sums.sum(axis=0)
+    mean = total[0] / m
+    var = np.maximum(total[1] / m - mean * mean, 0.0)
     return mean, var
 
 
@@ -652,36 +661,41 @@ def _bn_relu_backward(dout, x, scale, shift, mean, inv_std, gamma, relu, trainin
     """
     n_img, n_ch = x.shape[0], x.shape[1]
     m = n_img * x.shape[2] * x.shape[3]
-    dx = np.empty_like(x)
-    dgamma = np.empty(n_ch, dtype=x.dtype)
-    dbeta = np.empty(n_ch, dtype=x.dtype)
     zero = x.dtype.type(0)
-    for c in prange(n_ch):
-        mu, istd = x.dtype.type(mean[c]), inv_std[c]
-        a, b = scale[c], shift[c]
-        sg = 0.0
-        sgx = 0.0
-        for n in range(n_img):
-            d = dout[n, c].ravel()
-            xs = x[n, c].ravel()
-            for k in range(d.size):
-                g = d[k] if (not relu or _affine_relu(xs[k], a, b, relu, zero) > zero) else zero
-                sg += g
-                sgx += g * (xs[k] - mu)
-        sgx *= istd  # sum of g * xhat
-        dbeta[c] = sg
-        dgamma[c] = sgx
+    n_chunks = min(n_img, _BN_CHUNKS)
+    sums = np.zeros((n_chunks, 2, n_ch))  # per chunk: sum of g, sum of g * (x - mean)
+    for chunk in prange(n_chunks):
+        for n in range(chunk * n_img // n_chunks, (chunk + 1) * n_img // n_chunks):
+            for c in range(n_ch):
+                mu, a, b = x.dtype.type(mean[c]), scale[c], shift[c]
+                d = dout[n, c].ravel()
+                xs = x[n, c].ravel()
+                sg = 0.0
+                sgx = 0.0
+                for k in range(d.size):
+                    g = d[k] if (not relu or _affine_relu(xs[k], a, b, relu, zero) > zero) else zero
+                    sg += g
+                    sgx += g * (xs[k] - mu)
+                sums[chunk, 0, c] += sg
+                sums[chunk, 1, c] += sgx
+    total = sums.sum(axis=0)
+    dbeta = total[0].astype(x.dtype)
+    dgamma = (total[1] * inv_std).astype(x.dtype)  # sum of g * xhat
+    dx = np.empty_like(x)
+    for nc in prange(n_img * n_ch):
+        n = nc // n_ch
+        c = nc % n_ch
+        mu, istd, a, b = x.dtype.type(mean[c]), inv_std[c], scale[c], shift[c]
         coef = gamma[c] * istd
-        mean_g = x.dtype.type(sg / m if training else 0.0)
-        mean_gx = x.dtype.type(sgx / m if training else 0.0)
-        for n in range(n_img):
-            d = dout[n, c].ravel()
-            xs = x[n, c].ravel()
-            dst = dx[n, c].ravel()
-            for k in range(d.size):
-                g = d[k] if (not relu or _affine_relu(xs[k], a, b, relu, zero) > zero) else zero
-                xhat = (xs[k] - mu) * istd
-                dst[k] = coef * (g - mean_g - xhat * mean_gx)
+        mean_g = x.dtype.type(total[0, c] / m if training else 0.0)
+        mean_gx = x.dtype.type(total[1, c] * istd / m if training else 0.0)
+        d = dout[n, c].ravel()
+        xs = x[n, c].ravel()
+        dst = dx[n, c].ravel()
+        for k in range(d.size):
+            g = d[k] if (not relu or _affine_relu(xs[k], a, b, relu, zero) > zero) else zero
+            xhat = (xs[k] - mu) * istd
+            dst[k] = coef * (g - mean_g - xhat * mean_gx)
     return dx, dgamma, dbeta
 
 
