@@ -72,6 +72,36 @@ def _col2im(cols, n_ch, h, w, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo):
     return dx
 
 
+@njit(cache=True, parallel=True)
+def _every_stride(x, sh, sw):
+    """x[:, :, ::sh, ::sw] as a new array: the columns of a 1x1 window without padding."""
+    n_img, n_ch, h, w = x.shape
+    ho, wo = (h - 1) // sh + 1, (w - 1) // sw + 1
+    out = np.empty((n_img, n_ch, ho, wo), dtype=x.dtype)
+    for nc in prange(n_img * n_ch):
+        src, dst = x[nc // n_ch, nc % n_ch], out[nc // n_ch, nc % n_ch]
+        for y in range(ho):
+            for k in range(wo):
+                dst[y, k] = src[y * sh, k * sw]
+    return out
+
+
+@njit(cache=True, parallel=True)
+def _to_every_stride(cols, h, w, sh, sw):
+    """The adjoint of `_every_stride`: (N, C, HO, WO) -> (N, C, H, W) with the values at every
+    (sh, sw)-th pixel and zeros between, each plane written in one pass."""
+    n_img, n_ch, ho, wo = cols.shape
+    dx = np.empty((n_img, n_ch, h, w), dtype=cols.dtype)
+    for nc in prange(n_img * n_ch):
+        src, dst = cols[nc // n_ch, nc % n_ch], dx[nc // n_ch, nc % n_ch]
+        for y in range(h):
+            _zero(dst[y])
+            if y % sh == 0:
+                for k in range(wo):
+                    dst[y, k * sw] = src[y // sh, k]
+    return dx
+
+
 # -- direct grouped convolution --------------------------------------------------------------
 #
 # For stride 1, treat each zero-padded input plane (HP x WP) as one flat row. The output pixel

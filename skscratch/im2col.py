@@ -114,7 +114,9 @@ def im2col(x: NDArray, kh: int, kw: int, *, stride=1, padding=0, dilation=1) -> 
     if _is_pointwise(kh, kw, ph, pw):
         # A 1x1 window without padding gathers every stride-th pixel once: a reshape at stride 1,
         # a strided copy otherwise.
-        return np.ascontiguousarray(x[:, :, ::sh, ::sw]).reshape(x.shape[0], x.shape[1], ho * wo)
+        if (sh, sw) == (1, 1):
+            return x.reshape(x.shape[0], x.shape[1], ho * wo)
+        return _kernels._every_stride(x, sh, sw).reshape(x.shape[0], x.shape[1], ho * wo)
     return _kernels._im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo)
 
 
@@ -131,9 +133,8 @@ def col2im(
     if _is_pointwise(kh, kw, ph, pw):
         if (sh, sw) == (1, 1):
             return cols.reshape(x_shape)
-        dx = np.zeros(x_shape, dtype=cols.dtype)  # the pixels between the strides get nothing
-        dx[:, :, ::sh, ::sw] = cols.reshape(n, c, ho, wo)
-        return dx
+        # The pixels between the strides get nothing.
+        return _kernels._to_every_stride(cols.reshape(n, c, ho, wo), h, w, sh, sw)
     return _kernels._col2im(cols, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo)
 
 
