@@ -152,11 +152,11 @@ def batchnorm_backward(dout: NDArray, cache: BatchNormCache) -> tuple[NDArray, N
 #
 # In a network, batch norm is nearly always followed by ReLU. Done one after the other, the pair
 # reads and writes the whole activation several times (xhat, the scaled output, the mask, and as
-# many again in backward). The compiled kernels of skscratch._kernels do each direction in one
-# pass per channel, and keep only x, from which xhat and the ReLU mask are recomputed (the mask by
-# the very float operations of the forward, so it is the forward's to the last bit). The
-# mathematics is exactly that of the pairs above; the tests check that batchnorm_relu_* equals
-# batchnorm_* followed by relu_*.
+# many again in backward). The compiled kernels of skscratch._kernels write the output in one
+# pass once the statistics are known, and the gradient in one pass once its sums are; they keep
+# only x, from which xhat and the ReLU mask are recomputed (the mask by the very float operations
+# of the forward, so it is the forward's to the last bit). The mathematics is exactly that of the
+# pairs above; the tests check that batchnorm_relu_* equals batchnorm_* followed by relu_*.
 
 
 class BatchNormReluCache(NamedTuple):

@@ -26,8 +26,8 @@ How it is computed (`method`, or the environment variable SKSCRATCH_CONV, defaul
 - "auto": "direct" for windows larger than 1x1 with up to 16 input channels per group, else
   "im2col" (measured on a 2-core AVX2 machine at batch 128: direct was 1.5-4x faster for 2-16
   channels per group at stride 1 and 2, except for 16 channels per group at stride 2, where the
-  two were even; a dense 3x3 convolution of 3 to 16 input channels, such as a network's first,
-  took forward + backward 0.6-0.9x the time of im2col; 1x1 convolutions and wider groups keep
+  two were even; dense 3x3 convolutions of 3-16 input channels, such as a network's first,
+  took forward + backward 0.3-0.9x the time of im2col; 1x1 convolutions and wider groups keep
   the large matrix products that BLAS does well).
 
 All four give the same result up to rounding; the tests check that they do.
