@@ -12,8 +12,8 @@
 #   images, 2 epochs. About 15 seconds on two cores, half of it for the check against
 #   `run_training` at the end.
 # - otherwise: the default model (184 k parameters), 10000 training images, 3 epochs, evaluated
-#   on the whole test set after each epoch. Roughly 7 minutes on two cores: the default model
-#   trains at about 110 images per second there, and the evaluations add about a third.
+#   on the whole test set after each epoch. Roughly 5 minutes on two cores, the evaluations and
+#   the check against `run_training` at the end included.
 # - `SKSCRATCH_TUTORIAL_SUBSET` and `SKSCRATCH_TUTORIAL_EPOCHS` override the number of training
 #   images and of epochs.
 
