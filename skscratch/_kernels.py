@@ -34,9 +34,12 @@ def _valid_range(offset: int, stride: int, size: int, n_out: int) -> tuple[int, 
 
 @njit(cache=True, parallel=True)
 def _im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo):
-    """(N, C, H, W) -> (N, C*KH*KW, HO*WO); rows ordered (c, i, j); padding reads as zero."""
+    """(N, C, H, W) -> (N, C*KH*KW, HO*WO); rows ordered (c, i, j); padding reads as zero.
+
+    Each output row is written once, its padding zeros included, by copying input rows into it
+    (at stride 1 a contiguous copy, which the compiler vectorises)."""
     n_img, n_ch, h, w = x.shape
-    cols = np.zeros((n_img, n_ch * kh * kw, ho * wo), dtype=x.dtype)
+    cols = np.empty((n_img, n_ch * kh * kw, ho * wo), dtype=x.dtype)
     for nc in prange(n_img * n_ch):
         n = nc // n_ch
         c = nc % n_ch
@@ -44,32 +47,65 @@ def _im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo):
             oy_lo, oy_hi = _valid_range(i * dh - ph, sh, h, ho)
             for j in range(kw):
                 ox_lo, ox_hi = _valid_range(j * dw - pw, sw, w, wo)
-                row = (c * kh + i) * kw + j
+                x0 = ox_lo * sw + j * dw - pw  # the input column of output column ox_lo
+                dst = cols[n, (c * kh + i) * kw + j]
+                _zero(dst[: oy_lo * wo])
                 for oy in range(oy_lo, oy_hi):
-                    iy = oy * sh + i * dh - ph
-                    for ox in range(ox_lo, ox_hi):
-                        cols[n, row, oy * wo + ox] = x[n, c, iy, ox * sw + j * dw - pw]
+                    row = dst[oy * wo : (oy + 1) * wo]
+                    _zero(row[:ox_lo])
+                    _copy_every(row[ox_lo:ox_hi], x[n, c, oy * sh + i * dh - ph], x0, sw)
+                    _zero(row[ox_hi:])
+                _zero(dst[oy_hi * wo :])
     return cols
 
 
 @njit(cache=True, parallel=True)
 def _col2im(cols, n_ch, h, w, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo):
-    """The adjoint of `_im2col`: (N, C*KH*KW, HO*WO) -> (N, C, H, W), overlapping taps add."""
+    """The adjoint of `_im2col`: (N, C*KH*KW, HO*WO) -> (N, C, H, W), overlapping taps add.
+
+    Each (image, channel) plane belongs to one iteration, which zeroes it and adds every tap's
+    rows into it (at stride 1 a contiguous add)."""
     n_img = cols.shape[0]
-    dx = np.zeros((n_img, n_ch, h, w), dtype=cols.dtype)
+    dx = np.empty((n_img, n_ch, h, w), dtype=cols.dtype)
     for nc in prange(n_img * n_ch):
         n = nc // n_ch
         c = nc % n_ch
+        for y in range(h):
+            _zero(dx[n, c, y])
         for i in range(kh):
             oy_lo, oy_hi = _valid_range(i * dh - ph, sh, h, ho)
             for j in range(kw):
                 ox_lo, ox_hi = _valid_range(j * dw - pw, sw, w, wo)
-                row = (c * kh + i) * kw + j
+                x0 = ox_lo * sw + j * dw - pw
+                src = cols[n, (c * kh + i) * kw + j]
                 for oy in range(oy_lo, oy_hi):
-                    iy = oy * sh + i * dh - ph
-                    for ox in range(ox_lo, ox_hi):
-                        dx[n, c, iy, ox * sw + j * dw - pw] += cols[n, row, oy * wo + ox]
+                    row = src[oy * wo + ox_lo : oy * wo + ox_hi]
+                    _add_every(dx[n, c, oy * sh + i * dh - ph], x0, sw, row)
     return dx
+
+
+@njit(cache=True, inline="always")
+def _copy_every(dst, src, start, step):
+    """dst[k] = src[start + k * step] for every k of dst."""
+    if step == 1:
+        s = src[start : start + dst.size]  # a view indexed by the loop variable vectorises
+        for k in range(dst.size):
+            dst[k] = s[k]
+    else:
+        for k in range(dst.size):
+            dst[k] = src[start + k * step]
+
+
+@njit(cache=True, inline="always")
+def _add_every(dst, start, step, src):
+    """dst[start + k * step] += src[k] for every k of src."""
+    if step == 1:
+        d = dst[start : start + src.size]
+        for k in range(src.size):
+            d[k] += src[k]
+    else:
+        for k in range(src.size):
+            dst[start + k * step] += src[k]
 
 
 @njit(cache=True, parallel=True)
