@@ -733,7 +733,7 @@ def _bn_relu_backward(dout, x, scale, shift, mean, inv_std, gamma, relu, trainin
     for chunk in prange(n_chunks):
         for n in range(chunk * n_img // n_chunks, (chunk + 1) * n_img // n_chunks):
             for c in range(n_ch):
-                mu, a, b = x.dtype.type(mean[c]), scale[c], shift[c]
+                mu, a, b = mean[c], scale[c], shift[c]
                 d = dout[n, c].ravel()
                 xs = x[n, c].ravel()
                 sg = 0.0
@@ -751,7 +751,7 @@ def _bn_relu_backward(dout, x, scale, shift, mean, inv_std, gamma, relu, trainin
     for nc in prange(n_img * n_ch):
         n = nc // n_ch
         c = nc % n_ch
-        mu, istd, a, b = x.dtype.type(mean[c]), inv_std[c], scale[c], shift[c]
+        mu, istd, a, b = mean[c], inv_std[c], scale[c], shift[c]
         coef = gamma[c] * istd
         mean_g = x.dtype.type(total[0, c] / m if training else 0.0)
         mean_gx = x.dtype.type(total[1, c] * istd / m if training else 0.0)
@@ -763,6 +763,14 @@ def _bn_relu_backward(dout, x, scale, shift, mean, inv_std, gamma, relu, trainin
             xhat = (xs[k] - mu) * istd
             dst[k] = coef * (g - mean_g - xhat * mean_gx)
     return dx, dgamma, dbeta
+
+
+def compilations() -> int:
+    """How many kernel signatures this process has compiled rather than loaded from numba's
+    on-disk cache (0 with NUMBA_DISABLE_JIT=1, where nothing compiles)."""
+    return sum(
+        sum(f.stats.cache_misses.values()) for f in globals().values() if hasattr(f, "stats")
+    )
 
 
 def num_threads() -> int:

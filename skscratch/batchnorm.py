@@ -163,7 +163,7 @@ class BatchNormReluCache(NamedTuple):
     x: NDArray
     scale: NDArray  # (C,) in x's dtype: the forward computed scale * x + shift
     shift: NDArray
-    mean: NDArray  # (C,) float64
+    mean: NDArray  # (C,) in x's dtype, like inv_std
     inv_std: NDArray  # (C,)
     gamma: NDArray
     training: bool
@@ -202,7 +202,14 @@ def batchnorm_relu_forward(
     scale, shift = scale.astype(x.dtype), shift.astype(x.dtype)
     out = _kernels._bn_relu_forward(x, scale, shift, relu)
     cache = BatchNormReluCache(
-        x, scale, shift, mu, inv_std.astype(x.dtype), params["gamma"], training, relu
+        x,
+        scale,
+        shift,
+        mu.astype(x.dtype),
+        inv_std.astype(x.dtype),
+        params["gamma"],
+        training,
+        relu,
     )
     return out, new_mean, new_var, cache
 

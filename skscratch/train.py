@@ -28,6 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 from tqdm import tqdm
 
+from skscratch import _kernels
 from skscratch._memory import reuse_freed_memory
 from skscratch.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 from skscratch.data import Cifar10, augment, channel_stats, normalize
@@ -281,7 +282,15 @@ def _run(data, out, model_config, config, resume, progress):
                 optimizer.lr = learning_rate(
                     step, total_steps, peak=config.lr, warmup_steps=warmup, kind=config.schedule
                 )
+                step_started, compiled = time.perf_counter(), _kernels.compilations()
                 loss, correct = train_step(model, optimizer, normalize(xb, mean, std), y_train[idx])
+                compiled = _kernels.compilations() - compiled
+                if compiled and progress:
+                    bar.write(
+                        f"compiled {compiled} numba kernels in the first step: "
+                        f"{time.perf_counter() - step_started:.1f} s (once: later runs load them "
+                        f"from the cache)"
+                    )
                 if not math.isfinite(loss):
                     raise TrainingError(
                         f"the loss became {loss} at epoch {epoch + 1}, batch {b + 1}: training "

@@ -261,3 +261,21 @@ def test_kernels_pass_as_plain_python_with_jit_disabled():
     )
     passed = re.search(r"(\d+) passed", result.stdout)
     assert passed and int(passed.group(1)) == n_marked, report
+
+
+def test_compilations_count_what_compiles_and_not_what_the_cache_loads(tmp_path):
+    """A kernel compiled in a process with an empty cache counts; the same kernel in a second
+    process, loaded from that cache, does not."""
+    script = (
+        "import numpy as np; from skscratch import _kernels; "
+        "_kernels._relu_forward(np.ones(4, np.float32)); print(_kernels.compilations())"
+    )
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    env.pop("NUMBA_DISABLE_JIT", None)
+    counts = [
+        subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+        ).stdout.strip()
+        for _ in range(2)
+    ]
+    assert counts == ["1", "0"]

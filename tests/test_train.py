@@ -284,6 +284,18 @@ def test_short_run_lowers_the_loss(tmp_path, fake_data):
     assert [json.loads(line) for line in lines] == history
 
 
+def test_the_first_step_reports_the_kernels_it_compiled(tmp_path, fake_data, monkeypatch, capsys):
+    from skscratch import _kernels
+
+    counts = iter([0, 7])  # before and after the first step; nothing compiles after that
+    monkeypatch.setattr(_kernels, "compilations", lambda: next(counts, 7))
+    config = TrainConfig(epochs=1, batch_size=16, subset=32)
+    run_training(fake_data, tmp_path, model_config=PRESETS["tiny"], config=config)
+    printed = capsys.readouterr()
+    reports = re.findall(r"compiled (\d+) numba kernels in the first step: [\d.]+ s", printed.out)
+    assert reports == ["7"], printed
+
+
 def test_evaluate_counts_per_class(fake_data):
     """evaluate in eval mode: overall accuracy, loss, and one accuracy per class."""
     model = SKResNeXt(PRESETS["tiny"])
@@ -302,6 +314,44 @@ def test_evaluate_counts_per_class(fake_data):
 
 
 # ------------------------------------------------------------------------------- (c) resuming
+
+
+def _arrays(value):
+    """Every ndarray inside a cache: nested tuples (named ones too), lists and dicts."""
+    if isinstance(value, np.ndarray):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _arrays(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _arrays(item)
+
+
+def test_a_training_step_stays_float32_throughout():
+    """No silent float64: every activation a module saves, every gradient, the optimiser's
+    velocities and the updated parameters and running statistics are float32."""
+    model = SKResNeXt(PRESETS["default"], seed=0)
+    optimizer = SGD(model, lr=0.1)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3, 32, 32), dtype=np.float32)
+    y = rng.integers(0, 10, 4)
+    for _ in range(2):  # the second step also has velocities to update
+        logits = model.forward(x)
+        assert logits.dtype == np.float32
+        saved = [
+            (name, a)
+            for name, module in model.named_modules()
+            for a in _arrays(module._cache)
+            if a.dtype.kind == "f"
+        ]
+        assert len(saved) > 50  # the caches were found: convolutions, batch norms, SK units
+        assert not [name for name, a in saved if a.dtype != np.float32]
+        train_step(model, optimizer, x, y)
+        for name, p in model.named_parameters():
+            assert p.data.dtype == p.grad.dtype == np.float32, name
+        assert all(v.dtype == np.float32 for v in optimizer.velocity.values())
+        assert all(b.dtype == np.float32 for _, b in model.named_buffers())
 
 
 def test_sigint_stops_with_code_130_and_a_checkpoint(runs):
