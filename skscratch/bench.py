@@ -7,12 +7,15 @@ Times, in one run and float32 throughout:
   (the plain-NumPy reference, im2col with compiled kernels, the direct kernels);
 - the SK unit forward + backward at two sizes;
 - a whole training step (forward, loss, backward, SGD) of two networks at two batch sizes;
-- the peak memory of a training step (each in a fresh process), and the time the first step
-  spends compiling kernels.
+- the peak memory and the speed of a training step of each framework alone, in a fresh process
+  with its own default settings, and the time the first step spends compiling kernels.
 
 With `compare="torch"` every timing has a PyTorch twin built from the same weights; the two are
 checked to agree, then timed alternately (one of each, repeated), so that a slow moment of the
-machine hits both. Figures are medians over the repeats, after warm-up.
+machine hits both; in that one process PyTorch runs under the settings skscratch makes (freed
+memory kept for reuse, passive OpenMP waiting), which make it faster here. The fresh-process
+steps show each framework as it runs by itself. Figures are medians over the repeats, after
+warm-up.
 """
 
 from __future__ import annotations
@@ -351,7 +354,7 @@ def _check_twin(model, net, x, y) -> None:
     net.zero_grad()
 
 
-# -- memory and compile time, each in a fresh process -----------------------------------------
+# -- each framework alone, and compile time: fresh processes ----------------------------------
 
 
 def _vm_status(field: str) -> int:
@@ -362,12 +365,15 @@ def _vm_status(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def _measure_step_memory(framework: str, preset: str, batch: int) -> dict:
+def _measure_step_alone(framework: str, preset: str, batch: int, repeats: int) -> dict:
     """Run in a fresh process: resident memory with the model and batch in place (after a step
-    of a tiny network has loaded every kernel), and its peak over three training steps."""
+    of a tiny network has loaded every kernel), its peak over three training steps, then the
+    median time of `repeats` more steps. Each framework runs with its own defaults: skscratch
+    keeps freed memory for reuse, as `skscratch train` does; PyTorch gets glibc's allocator
+    and, being imported before skscratch (`_in_subprocess`), its OpenMP runtime's own waiting."""
     torch_on = framework == "torch"
     if not torch_on:
-        reuse_freed_memory()  # as `skscratch train` does
+        reuse_freed_memory()
     warm = make_steps("tiny", 2, torch_on=torch_on, check=False)
     warm[torch_on]()
     step = make_steps(preset, batch, torch_on=torch_on, check=False)[torch_on]
@@ -377,7 +383,9 @@ def _measure_step_memory(framework: str, preset: str, batch: int) -> dict:
         f.write("5")  # reset the peak (VmHWM) to the current size
     for _ in range(3):
         step()
-    return {"before": before, "peak": _vm_status("VmHWM")}
+    peak = _vm_status("VmHWM")
+    seconds = median_times({framework: step}, repeats, 0)[framework]
+    return {"before": before, "peak": peak, "step": seconds}
 
 
 def _first_step_seconds() -> dict:
@@ -392,9 +400,15 @@ def _first_step_seconds() -> dict:
     return {"first": times[0], "second": times[1]}
 
 
-def _in_subprocess(task: str, *args: str, env: dict | None = None) -> dict:
+# Runs this module as `python -m skscratch.bench`, but with PyTorch imported before skscratch,
+# whose process settings (OMP_WAIT_POLICY, in skscratch._kernels) then no longer reach it.
+_TORCH_FIRST = "import torch, runpy; runpy.run_module('skscratch.bench', run_name='__main__')"
+
+
+def _in_subprocess(task: str, *args: str, env: dict | None = None, torch_first=False) -> dict:
+    launch = ["-c", _TORCH_FIRST] if torch_first else ["-m", "skscratch.bench"]
     out = subprocess.run(
-        [sys.executable, "-m", "skscratch.bench", task, *args],
+        [sys.executable, *launch, task, *args],
         capture_output=True,
         text=True,
         env=env,
@@ -405,12 +419,15 @@ def _in_subprocess(task: str, *args: str, env: dict | None = None) -> dict:
     return json.loads(out.stdout)
 
 
-def memory_rows(s: Settings, torch_on: bool) -> list[dict]:
+def alone_rows(s: Settings, torch_on: bool) -> list[dict]:
+    """Peak memory and step time of each framework alone, in a fresh process of its own."""
     rows = []
     for preset in s.step_presets:
         frameworks = ("skscratch", "torch") if torch_on else ("skscratch",)
-        peaks = {f: _in_subprocess("memory", f, preset, str(s.memory_batch)) for f in frameworks}
-        rows.append(dict(name=f"training step, {preset} network, batch {s.memory_batch}", **peaks))
+        args = (preset, str(s.memory_batch), str(s.repeats))
+        alone = {f: _in_subprocess("alone", f, *args, torch_first=f == "torch") for f in frameworks}
+        name = f"training step, {preset} network, batch {s.memory_batch}"
+        rows.append(dict(name=name, images=s.memory_batch, **alone))
     return rows
 
 
@@ -457,19 +474,19 @@ def run(settings: Settings, *, compare: str | None = None, progress=print) -> di
     for key, fn in (("ops", op_rows), ("sk_unit", sk_rows), ("steps", step_rows)):
         progress(f"{key.replace('_', ' ')} ...")
         result[key] = fn(settings, torch_on)
-    progress("peak memory (fresh processes) ...")
-    result["memory"] = memory_rows(settings, torch_on)
+    progress("peak memory and steps alone (fresh processes) ...")
+    result["memory"] = alone_rows(settings, torch_on)
     progress("first-step compile time (fresh processes) ...")
     result["compile"] = compile_times()
     return result
 
 
 if __name__ == "__main__":
-    # The fresh-process measurements: `python -m skscratch.bench memory|first-step ...`.
+    # The fresh-process measurements: `python -m skscratch.bench alone|first-step ...`.
     task, *rest = sys.argv[1:]
-    if task == "memory":
-        framework, preset, batch = rest
-        print(json.dumps(_measure_step_memory(framework, preset, int(batch))))
+    if task == "alone":
+        framework, preset, batch, repeats = rest
+        print(json.dumps(_measure_step_alone(framework, preset, int(batch), int(repeats))))
     elif task == "first-step":
         print(json.dumps(_first_step_seconds()))
     else:
@@ -532,6 +549,15 @@ def format_report(result: dict) -> str:
             if f in r
         ]
         lines.append(f"  {r['name']}: " + ", ".join(cells))
+    lines += ["", "training step of each framework alone (fresh process, its own default settings)"]
+    for r in result["memory"]:
+        cells = [
+            f"{f}: {r['images'] / r[f]['step']:.1f} images/s"
+            for f in ("skscratch", "torch")
+            if f in r
+        ]
+        ratio = f" ({r['torch']['step'] / r['skscratch']['step']:.2f}x)" if "torch" in r else ""
+        lines.append(f"  {r['name']}: " + ", ".join(cells) + ratio)
     c = result["compile"]
     lines += [
         "",

@@ -30,6 +30,7 @@ def _check_result(result: dict, frameworks: tuple[str, ...]) -> None:
     for row in result["memory"]:
         for name in frameworks:
             assert row[name]["peak"] >= row[name]["before"] > 0
+            assert math.isfinite(row[name]["step"]) and row[name]["step"] > 0
     assert result["compile"]["cold"] > 0 and result["compile"]["later"] > 0
 
 
@@ -37,7 +38,8 @@ def test_quick_bench_prints_every_section_and_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert cli.main(["bench", "--quick", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
-    for heading in ("memory bandwidth", "operations", "SK unit", "training steps", "peak"):
+    headings = ("memory bandwidth", "operations", "SK unit", "training steps", "peak", "alone")
+    for heading in headings:
         assert heading in printed
     assert "first training step in a new process" in printed
     result = json.loads(out.read_text())
