@@ -51,7 +51,7 @@ def test_quick_bench_against_torch_checks_and_times_both(tmp_path, capsys, monke
     pytest.importorskip("torch", reason="PyTorch is not installed (pip install torch)")
     # Timing a cold compile (a minute of compiling in fresh processes) does not involve PyTorch
     # and is checked above; here it is the warm measurement twice.
-    monkeypatch.setattr(bench, "compile_times", lambda: _warm_compile_times(bench))
+    monkeypatch.setattr(bench, "compile_times", _warm_compile_times)
     out = tmp_path / "bench.json"
     assert cli.main(["bench", "--quick", "--compare", "torch", "--json", str(out)]) == 0
     assert "torch/skscratch" in capsys.readouterr().out
@@ -60,7 +60,7 @@ def test_quick_bench_against_torch_checks_and_times_both(tmp_path, capsys, monke
     _check_result(result, ("skscratch", "torch"))
 
 
-def _warm_compile_times(bench) -> dict:
+def _warm_compile_times() -> dict:
     warm = [bench._in_subprocess("first-step") for _ in range(2)]
     return {"cold": warm[0]["first"], "warm": warm[1]["first"], "later": warm[1]["second"]}
 
