@@ -213,12 +213,7 @@ def _fill_phases(dst, plane, ph, pw, sh, sw, wq):
                 src = plane[y]
                 start = (y + ph) // sh * wq + (x0 + pw) // sw
                 _zero(phase[done:start])
-                row = phase[start : start + count]
-                if sw == 1:
-                    row[:] = src
-                else:
-                    for k in range(count):
-                        row[k] = src[x0 + k * sw]
+                _copy_every(phase[start : start + count], src, x0, sw)
                 done = start + count
             _zero(phase[done:])
 

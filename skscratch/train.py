@@ -259,6 +259,7 @@ def _run(data, out, model_config, config, resume, progress):
         }
         save_checkpoint(ckpt_path, meta, model.state_dict(), optimizer.state_dict())
 
+    first_step = True
     with _StopRequest() as stop:
         while position["epoch"] < config.epochs:
             epoch = position["epoch"]
@@ -282,15 +283,18 @@ def _run(data, out, model_config, config, resume, progress):
                 optimizer.lr = learning_rate(
                     step, total_steps, peak=config.lr, warmup_steps=warmup, kind=config.schedule
                 )
-                step_started, compiled = time.perf_counter(), _kernels.compilations()
+                if first_step:  # of this process: it compiles or loads the kernels
+                    step_started, compiled = time.perf_counter(), _kernels.compilations()
                 loss, correct = train_step(model, optimizer, normalize(xb, mean, std), y_train[idx])
-                compiled = _kernels.compilations() - compiled
-                if compiled and progress:
-                    bar.write(
-                        f"compiled {compiled} numba kernels in the first step: "
-                        f"{time.perf_counter() - step_started:.1f} s (once: later runs load them "
-                        f"from the cache)"
-                    )
+                if first_step:
+                    first_step = False
+                    compiled = _kernels.compilations() - compiled
+                    if compiled and progress:
+                        bar.write(
+                            f"compiled {compiled} numba kernels in the first step: "
+                            f"{time.perf_counter() - step_started:.1f} s (once: later runs load "
+                            f"them from the cache)"
+                        )
                 if not math.isfinite(loss):
                     raise TrainingError(
                         f"the loss became {loss} at epoch {epoch + 1}, batch {b + 1}: training "
