@@ -21,7 +21,6 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
-from skscratch import _kernels
 from skscratch._checks import float_array, nonempty, same_dtype, shape_is
 
 
@@ -29,22 +28,10 @@ class ReluCache(NamedTuple):
     out: NDArray  # the output: positive exactly where x was
 
 
-def relu_forward(x: NDArray, residual: NDArray | None = None) -> tuple[NDArray, ReluCache]:
-    """ReLU. x: any shape. Returns (out like x, cache).
-
-    With a residual (like x), the ReLU of x + residual, summed as it goes: a residual block's
-    sum and its ReLU in one pass over memory instead of two."""
+def relu_forward(x: NDArray) -> tuple[NDArray, ReluCache]:
+    """ReLU. x: any shape. Returns (out like x, cache)."""
     x = float_array("x", x)
-    flat = np.ascontiguousarray(x).reshape(-1)
-    if residual is None:
-        # np.where(x > 0, x, 0), in one parallel pass (skscratch/_kernels.py).
-        out = _kernels._relu_forward(flat)
-    else:
-        residual = float_array("residual", residual)
-        same_dtype("residual", residual, "x", x)
-        shape_is("residual", residual, x.shape)
-        out = _kernels._relu_forward_sum(flat, np.ascontiguousarray(residual).reshape(-1))
-    out = out.reshape(x.shape)
+    out = np.where(x > 0, x, 0).astype(x.dtype)  # NaN gives 0, as x > 0 is False for it
     return out, ReluCache(out)
 
 
@@ -55,9 +42,7 @@ def relu_backward(dout: NDArray, cache: ReluCache) -> NDArray:
     shape_is("dout", dout, cache.out.shape)
     # The gradient passes where the input was positive (cache.out > 0), and is 0 elsewhere.
     # BEGIN SOLUTION
-    # np.where(out > 0, dout, 0): out > 0 exactly where x > 0.
-    flat = (np.ascontiguousarray(a).reshape(-1) for a in (dout, cache.out))
-    return _kernels._relu_backward(*flat).reshape(dout.shape)
+    return np.where(cache.out > 0, dout, 0).astype(dout.dtype)
     # END SOLUTION
 
 

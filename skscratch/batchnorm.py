@@ -29,7 +29,6 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
-from skscratch import _kernels
 from skscratch._checks import float_array, nonempty, same_dtype, shape_is
 
 
@@ -68,8 +67,8 @@ def batchnorm_forward(
     statistics passed in are not modified; in evaluation mode copies of them are returned.
     """
     x = float_array("x", x, ndim=(2, 4))
-    params = _checked_params(x, gamma, beta, running_mean, running_var, training, momentum, eps)
-    # Batch statistics in training mode, running ones in evaluation mode; _running_stats gives
+    params = checked_params(x, gamma, beta, running_mean, running_var, training, momentum, eps)
+    # Batch statistics in training mode, running ones in evaluation mode; running_stats gives
     # the updated running statistics; normalise, scale and shift.
     # BEGIN SOLUTION
     axes = _axes(x)
@@ -77,7 +76,7 @@ def batchnorm_forward(
         mu, var = x.mean(axis=axes), x.var(axis=axes)
     else:
         mu, var = params["running_mean"], params["running_var"]
-    new_mean, new_var = _running_stats(params, mu, var, x, training, momentum)
+    new_mean, new_var = running_stats(params, mu, var, x, training, momentum)
 
     inv_std = (1.0 / np.sqrt(var + eps)).astype(x.dtype)
     xhat = (x - _per_channel(mu, x.ndim)) * _per_channel(inv_std, x.ndim)
@@ -86,7 +85,7 @@ def batchnorm_forward(
     # END SOLUTION
 
 
-def _running_stats(params, mu, var, x, training, momentum):
+def running_stats(params, mu, var, x, training, momentum):
     """The running statistics after this batch (copies of the old ones in evaluation mode)."""
     if not training:
         return params["running_mean"].copy(), params["running_var"].copy()
@@ -96,8 +95,8 @@ def _running_stats(params, mu, var, x, training, momentum):
     return new_mean.astype(x.dtype), new_var.astype(x.dtype)
 
 
-def _checked_params(x, gamma, beta, running_mean, running_var, training, momentum, eps):
-    """Check the per-channel arrays against x; return them by name as arrays."""
+def checked_params(x, gamma, beta, running_mean, running_var, training, momentum, eps):
+    """Check the per-channel arrays and options against x; return the arrays by name."""
     nonempty("x", x)
     c = x.shape[1]
     if training and x.size // max(c, 1) < 2:
@@ -146,82 +145,3 @@ def batchnorm_backward(dout: NDArray, cache: BatchNormCache) -> tuple[NDArray, N
         dx = dxhat * _per_channel(inv_std, dout.ndim)
     return dx, dgamma, dbeta
     # END SOLUTION
-
-
-# -- The fused fast path: batch norm and ReLU in one pass ------------------------------------------
-#
-# In a network, batch norm is nearly always followed by ReLU. Done one after the other, the pair
-# reads and writes the whole activation several times (xhat, the scaled output, the mask, and as
-# many again in backward). The compiled kernels of skscratch._kernels write the output in one
-# pass once the statistics are known, and the gradient in one pass once its sums are; they keep
-# only x, from which xhat and the ReLU mask are recomputed (the mask by the very float operations
-# of the forward, so it is the forward's to the last bit). The mathematics is exactly that of the
-# pairs above; the tests check that batchnorm_relu_* equals batchnorm_* followed by relu_*.
-
-
-class BatchNormReluCache(NamedTuple):
-    x: NDArray
-    scale: NDArray  # (C,) in x's dtype: the forward computed scale * x + shift
-    shift: NDArray
-    mean: NDArray  # (C,) in x's dtype, like inv_std
-    inv_std: NDArray  # (C,)
-    gamma: NDArray
-    training: bool
-    relu: bool
-
-
-def batchnorm_relu_forward(
-    x: NDArray,
-    gamma: NDArray,
-    beta: NDArray,
-    running_mean: NDArray,
-    running_var: NDArray,
-    *,
-    training: bool = True,
-    momentum: float = 0.1,
-    eps: float = 1e-5,
-    relu: bool = True,
-) -> tuple[NDArray, NDArray, NDArray, BatchNormReluCache]:
-    """Batch norm followed by ReLU (or batch norm alone, relu=False) for x (N, C, H, W).
-
-    Arguments and returns as `batchnorm_forward`.
-    """
-    x = float_array("x", x, ndim=4)
-    params = _checked_params(x, gamma, beta, running_mean, running_var, training, momentum, eps)
-    x = np.ascontiguousarray(x)
-    if training:
-        mu, var = _kernels._bn_stats(x)
-    else:
-        mu = params["running_mean"].astype(np.float64)
-        var = params["running_var"].astype(np.float64)
-    new_mean, new_var = _running_stats(params, mu, var, x, training, momentum)
-    inv_std = 1.0 / np.sqrt(var + eps)
-    # out = gamma * (x - mu) * inv_std + beta = scale * x + shift
-    scale = params["gamma"] * inv_std
-    shift = params["beta"] - mu * scale
-    scale, shift = scale.astype(x.dtype), shift.astype(x.dtype)
-    out = _kernels._bn_relu_forward(x, scale, shift, relu)
-    cache = BatchNormReluCache(
-        x,
-        scale,
-        shift,
-        mu.astype(x.dtype),
-        inv_std.astype(x.dtype),
-        params["gamma"],
-        training,
-        relu,
-    )
-    return out, new_mean, new_var, cache
-
-
-def batchnorm_relu_backward(
-    dout: NDArray, cache: BatchNormReluCache
-) -> tuple[NDArray, NDArray, NDArray]:
-    """Backward of `batchnorm_relu_forward`. dout: like x. Returns dx, dgamma (C,), dbeta (C,)."""
-    dout = float_array("dout", dout, ndim=4)
-    same_dtype("dout", dout, "the forward input", cache.x)
-    shape_is("dout", dout, cache.x.shape)
-    x, scale, shift, mean, inv_std, gamma, training, relu = cache
-    return _kernels._bn_relu_backward(
-        np.ascontiguousarray(dout), x, scale, shift, mean, inv_std, gamma, relu, training
-    )

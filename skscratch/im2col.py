@@ -13,10 +13,6 @@ with output size (the same formula as `torch.nn.Conv2d`)
 col2im is the adjoint (transpose) of that gather, not its inverse: it scatters every column entry
 back to the pixel it was read from and *adds*, because with overlapping windows one pixel is read
 by several columns, and its gradient is the sum of theirs.
-
-`im2col_reference` / `col2im_reference` are the plain-NumPy versions to read; `im2col` / `col2im`
-validate their arguments and run the compiled kernels of `skscratch._kernels`, which compute the
-same thing without materialising a padded copy of the input.
 """
 
 from __future__ import annotations
@@ -26,10 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from skscratch import _kernels
 from skscratch._checks import float_array, int_tuple, nonempty, pair, positive_int
-
-IntOrPair = int | Sequence[int]
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
@@ -37,32 +30,14 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def _geometry(x_shape, kh, kw, stride, padding, dilation):
-    """Check the window arguments and return them as pairs, with the output size."""
-    kh = positive_int("kh", kh)
-    kw = positive_int("kw", kw)
-    sh, sw = pair("stride", stride, minimum=1)
-    ph, pw = pair("padding", padding, minimum=0)
-    dh, dw = pair("dilation", dilation, minimum=1)
-    h, w = x_shape[2], x_shape[3]
-    ho = conv_output_size(h, kh, sh, ph, dh)
-    wo = conv_output_size(w, kw, sw, pw, dw)
-    if ho < 1 or wo < 1:
-        raise ValueError(
-            f"output size would be {ho}x{wo}: input {h}x{w} with padding {(ph, pw)} is smaller "
-            f"than the dilated kernel {(dh * (kh - 1) + 1, dw * (kw - 1) + 1)}"
-        )
-    return kh, kw, (sh, sw), (ph, pw), (dh, dw), (ho, wo)
-
-
-def im2col_reference(x: NDArray, kh: int, kw: int, *, stride=1, padding=0, dilation=1) -> NDArray:
-    """Plain-NumPy im2col: one strided slice of the padded input per kernel tap.
+def im2col(x: NDArray, kh: int, kw: int, *, stride=1, padding=0, dilation=1) -> NDArray:
+    """Gather every KH x KW window of x into a column: one strided slice per kernel tap.
 
     x: (N, C, H, W). Returns cols: (N, C*KH*KW, H_out*W_out), rows ordered (c, i, j).
     """
     x = float_array("x", x, ndim=4)
     nonempty("x", x)
-    kh, kw, (sh, sw), (ph, pw), (dh, dw), (ho, wo) = _geometry(
+    kh, kw, (sh, sw), (ph, pw), (dh, dw), (ho, wo) = window_geometry(
         x.shape, kh, kw, stride, padding, dilation
     )
     n, c = x.shape[:2]
@@ -79,14 +54,14 @@ def im2col_reference(x: NDArray, kh: int, kw: int, *, stride=1, padding=0, dilat
     # END SOLUTION
 
 
-def col2im_reference(
+def col2im(
     cols: NDArray, x_shape: Sequence[int], kh: int, kw: int, *, stride=1, padding=0, dilation=1
 ) -> NDArray:
-    """Plain-NumPy col2im, the adjoint of `im2col_reference`: overlapping taps add.
+    """The adjoint of `im2col`: scatter every column entry back to its pixel; overlaps add.
 
     cols: (N, C*KH*KW, H_out*W_out). Returns dx: x_shape = (N, C, H, W).
     """
-    cols, x_shape, geometry = _checked_col2im_args(cols, x_shape, kh, kw, stride, padding, dilation)
+    cols, x_shape, geometry = checked_col2im_args(cols, x_shape, kh, kw, stride, padding, dilation)
     kh, kw, (sh, sw), (ph, pw), (dh, dw), (ho, wo) = geometry
     n, c, h, w = x_shape
     # Scatter each tap's slice back into a zero padded array with +=, then crop the padding.
@@ -101,55 +76,32 @@ def col2im_reference(
     # END SOLUTION
 
 
-def im2col(x: NDArray, kh: int, kw: int, *, stride=1, padding=0, dilation=1) -> NDArray:
-    """im2col by the compiled kernel; the same result as `im2col_reference`, exactly.
-
-    x: (N, C, H, W). Returns cols: (N, C*KH*KW, H_out*W_out).
-    """
-    x = float_array("x", x, ndim=4)
-    nonempty("x", x)
-    kh, kw, (sh, sw), (ph, pw), (dh, dw), (ho, wo) = _geometry(
-        x.shape, kh, kw, stride, padding, dilation
-    )
-    if _is_pointwise(kh, kw, ph, pw):
-        # A 1x1 window without padding gathers every stride-th pixel once: a reshape at stride 1,
-        # a strided copy otherwise.
-        if (sh, sw) == (1, 1):
-            return x.reshape(x.shape[0], x.shape[1], ho * wo)
-        return _kernels._every_stride(x, sh, sw).reshape(x.shape[0], x.shape[1], ho * wo)
-    return _kernels._im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo)
-
-
-def col2im(
-    cols: NDArray, x_shape: Sequence[int], kh: int, kw: int, *, stride=1, padding=0, dilation=1
-) -> NDArray:
-    """col2im by the compiled kernel; equal to `col2im_reference` up to rounding.
-
-    cols: (N, C*KH*KW, H_out*W_out). Returns dx: x_shape = (N, C, H, W).
-    """
-    cols, x_shape, geometry = _checked_col2im_args(cols, x_shape, kh, kw, stride, padding, dilation)
-    kh, kw, (sh, sw), (ph, pw), (dh, dw), (ho, wo) = geometry
-    n, c, h, w = x_shape
-    if _is_pointwise(kh, kw, ph, pw):
-        if (sh, sw) == (1, 1):
-            return cols.reshape(x_shape)
-        # The pixels between the strides get nothing.
-        return _kernels._to_every_stride(cols.reshape(n, c, ho, wo), h, w, sh, sw)
-    return _kernels._col2im(cols, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo)
+def window_geometry(x_shape, kh, kw, stride, padding, dilation):
+    """Check the window arguments for an input of x_shape (N, C, H, W); return
+    (kh, kw, stride, padding, dilation, (H_out, W_out)), each of the middle three an (h, w) pair."""
+    kh = positive_int("kh", kh)
+    kw = positive_int("kw", kw)
+    sh, sw = pair("stride", stride, minimum=1)
+    ph, pw = pair("padding", padding, minimum=0)
+    dh, dw = pair("dilation", dilation, minimum=1)
+    h, w = x_shape[2], x_shape[3]
+    ho = conv_output_size(h, kh, sh, ph, dh)
+    wo = conv_output_size(w, kw, sw, pw, dw)
+    if ho < 1 or wo < 1:
+        raise ValueError(
+            f"output size would be {ho}x{wo}: input {h}x{w} with padding {(ph, pw)} is smaller "
+            f"than the dilated kernel {(dh * (kh - 1) + 1, dw * (kw - 1) + 1)}"
+        )
+    return kh, kw, (sh, sw), (ph, pw), (dh, dw), (ho, wo)
 
 
-def _is_pointwise(kh, kw, ph, pw) -> bool:
-    """A 1x1 window without padding: each output reads a single pixel (dilation is moot)."""
-    return kh == kw == 1 and ph == pw == 0
-
-
-def _checked_col2im_args(cols, x_shape, kh, kw, stride, padding, dilation):
+def checked_col2im_args(cols, x_shape, kh, kw, stride, padding, dilation):
     """Check col2im's arguments; return cols as an array, x_shape as a tuple, the geometry."""
     cols = float_array("cols", cols, ndim=3)
     shape = int_tuple("x_shape", x_shape)
     if len(shape) != 4 or shape[0] < 0 or min(shape[1:]) < 1:
         raise ValueError(f"x_shape must be (N, C, H, W) with N >= 0 and C, H, W >= 1, got {shape}")
-    geometry = _geometry(shape, kh, kw, stride, padding, dilation)
+    geometry = window_geometry(shape, kh, kw, stride, padding, dilation)
     kh, kw, _, _, _, (ho, wo) = geometry
     expected = (shape[0], shape[1] * kh * kw, ho * wo)
     if cols.shape != expected:

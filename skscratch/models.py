@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from skscratch.conv import ConvCache
 from skscratch.nn import (
     BatchNorm,
     Conv2d,
@@ -120,7 +119,11 @@ PRESETS = {
 
 
 class SKResNeXt(Module):
-    def __init__(self, config: SKNetConfig = SKNetConfig(), *, seed: int = 0):
+    """backend: "fast" or "reference" (skscratch.backends); None takes the current default."""
+
+    def __init__(
+        self, config: SKNetConfig = SKNetConfig(), *, seed: int = 0, backend: str | None = None
+    ):
         super().__init__()
         n = len(config.depths)
         if not (len(config.mids) == len(config.outs) == len(config.strides) == n):
@@ -155,6 +158,8 @@ class SKResNeXt(Module):
         self.children["pool"] = GlobalAvgPool()
         self.children["fc"] = Linear(c_in, config.num_classes, rng=rng)
         self._order = ("stem", "stages", "pool", "fc")
+        if backend is not None:
+            self.set_backend(backend)
 
     def forward(self, x):
         for name in self._order:
@@ -175,7 +180,8 @@ class SKResNeXt(Module):
         return [(name.rstrip("."), m) for name, m in self.named_modules() if isinstance(m, SKUnit)]
 
 
-def _conv_macs(cache: ConvCache) -> int:
+def _conv_macs(cache) -> int:
+    """Multiply-adds of the convolution whose forward left this cache (either backend's)."""
     c_out, c_in_g, kh, kw = cache.w.shape
     h_out, w_out = cache.out_size
     return c_out * c_in_g * kh * kw * h_out * w_out * cache.x.shape[0]

@@ -5,6 +5,10 @@ A module owns its parameters (each a `Parameter`: the array and its gradient) an
 hands that cache to the operation's backward pair and stores the gradients. The mathematics stays
 in the pairs; nothing here computes a derivative.
 
+Which pairs a module runs is its backend (`skscratch.backends`), `self.ops`: the plain-NumPy
+pairs ("reference") or their compiled versions ("fast"). It is chosen when the module is built
+and changed for a whole tree with `set_backend`, as `train()` and `eval()` change the mode.
+
 Names follow a PyTorch module tree: a parameter `weight` of a child `conv1` of a child `0` of
 `stages` is `stages.0.conv1.weight`, so `state_dict()` maps one to one onto a PyTorch state_dict.
 """
@@ -16,19 +20,8 @@ from collections.abc import Iterator
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
-from skscratch._checks import float_array
-from skscratch.activations import relu_backward, relu_forward
-from skscratch.batchnorm import (
-    BatchNormReluCache,
-    batchnorm_backward,
-    batchnorm_forward,
-    batchnorm_relu_backward,
-    batchnorm_relu_forward,
-)
-from skscratch.conv import conv2d_backward, conv2d_forward
-from skscratch.linear import linear_backward, linear_forward
-from skscratch.pooling import global_avg_pool_backward, global_avg_pool_forward
-from skscratch.sk import sk_param_shapes, sk_unit_backward, sk_unit_forward
+from skscratch.backends import Backend, current_backend, get_backend
+from skscratch.sk import sk_param_shapes
 
 
 class Parameter:
@@ -52,6 +45,7 @@ class Module:
         self.buffers: dict[str, NDArray] = {}
         self.children: dict[str, Module] = {}
         self.training = True
+        self.ops: Backend = current_backend()
         self._cache = None
 
     def forward(self, x: NDArray) -> NDArray:
@@ -104,6 +98,19 @@ class Module:
 
     def eval(self) -> Module:
         return self.train(False)
+
+    @property
+    def backend(self) -> str:
+        """The name of the backend this module runs on: "reference" or "fast"."""
+        return self.ops.name
+
+    def set_backend(self, backend: str | Backend) -> Module:
+        """Run this module and every module below it on `backend` ("reference" or "fast").
+        Caches of forwards already run are dropped: another backend cannot read them."""
+        ops = get_backend(backend)
+        for _, module in self.named_modules():
+            module.ops, module._cache = ops, None
+        return self
 
     def zero_grad(self) -> None:
         for p in self.parameters():
@@ -175,7 +182,9 @@ class Conv2d(Module):
     ):
         super().__init__()
         shape = (c_out, c_in // groups, kernel_size, kernel_size)
-        # fan-out, as torchvision's ResNets: keeps the backward signal's variance steady.
+        # He initialisation by fan-out: each input value feeds C_out/G * KH*KW outputs, so this
+        # keeps the variance of the gradient flowing back steady through a ReLU network.
+        # (torchvision's ResNets count C_out*KH*KW, whatever the groups.)
         fan_out = c_out // groups * kernel_size * kernel_size
         self.params["weight"] = Parameter(_kaiming_normal(rng, shape, fan_out))
         if bias:
@@ -184,7 +193,7 @@ class Conv2d(Module):
 
     def forward(self, x):
         b = self.params.get("bias")
-        out, self._cache = conv2d_forward(
+        out, self._cache = self.ops.conv2d_forward(
             x, self.params["weight"].data, None if b is None else b.data, **self.options
         )
         return out
@@ -192,7 +201,7 @@ class Conv2d(Module):
     def backward(self, dout, *, input_grad: bool = True):
         """input_grad=False: the weights' gradients only (dx is None), as for a network's
         first layer."""
-        dx, dw, db = conv2d_backward(dout, self._saved_cache(), input_grad=input_grad)
+        dx, dw, db = self.ops.conv2d_backward(dout, self._saved_cache(), input_grad=input_grad)
         self.params["weight"].grad = dw
         if db is not None:
             self.params["bias"].grad = db
@@ -201,8 +210,8 @@ class Conv2d(Module):
 
 class BatchNorm(Module):
     """Batch norm over (N, C) or (N, C, H, W) (PyTorch's BatchNorm1d and BatchNorm2d in one),
-    optionally followed by ReLU. On 4-D input it runs the fused one-pass kernels
-    (`batchnorm_relu_forward`); a ReLU has no parameters, so the names stay PyTorch's."""
+    optionally followed by ReLU (batchnorm_relu_forward, which the fast backend fuses into one
+    pass); a ReLU has no parameters, so the names stay PyTorch's."""
 
     def __init__(
         self, channels: int, *, relu: bool = False, momentum: float = 0.1, eps: float = 1e-5
@@ -215,56 +224,46 @@ class BatchNorm(Module):
         self.relu, self.momentum, self.eps = relu, momentum, eps
 
     def forward(self, x):
-        x = float_array("x", x, ndim=(2, 4))
-        args = (
+        out, mean, var, self._cache = self.ops.batchnorm_relu_forward(
             x,
             self.params["weight"].data,
             self.params["bias"].data,
             self.buffers["running_mean"],
             self.buffers["running_var"],
+            training=self.training,
+            momentum=self.momentum,
+            eps=self.eps,
+            relu=self.relu,
         )
-        options = dict(training=self.training, momentum=self.momentum, eps=self.eps)
-        if np.ndim(x) == 4:
-            out, mean, var, self._cache = batchnorm_relu_forward(*args, relu=self.relu, **options)
-        else:
-            out, mean, var, bn_cache = batchnorm_forward(*args, **options)
-            relu_cache = None
-            if self.relu:
-                out, relu_cache = relu_forward(out)
-            self._cache = (bn_cache, relu_cache)
         self.buffers["running_mean"], self.buffers["running_var"] = mean, var
         return out
 
     def backward(self, dout):
-        cache = self._saved_cache()
-        if isinstance(cache, BatchNormReluCache):
-            dx, dgamma, dbeta = batchnorm_relu_backward(dout, cache)
-        else:
-            bn_cache, relu_cache = cache
-            if relu_cache is not None:
-                dout = relu_backward(dout, relu_cache)
-            dx, dgamma, dbeta = batchnorm_backward(dout, bn_cache)
+        dx, dgamma, dbeta = self.ops.batchnorm_relu_backward(dout, self._saved_cache())
         self.params["weight"].grad, self.params["bias"].grad = dgamma, dbeta
         return dx
 
 
 class ReLU(Module):
     def forward(self, x, residual=None):
-        """max(x, 0); with a residual, max(x + residual, 0) in one pass (relu_forward)."""
-        out, self._cache = relu_forward(x, residual)
+        """max(x, 0); with a residual, max(x + residual, 0) (the end of a residual block)."""
+        if residual is None:
+            out, self._cache = self.ops.relu_forward(x)
+        else:
+            out, self._cache = self.ops.add_relu_forward(x, residual)
         return out
 
     def backward(self, dout):
-        return relu_backward(dout, self._saved_cache())
+        return self.ops.relu_backward(dout, self._saved_cache())
 
 
 class GlobalAvgPool(Module):
     def forward(self, x):
-        out, self._cache = global_avg_pool_forward(x)
+        out, self._cache = self.ops.global_avg_pool_forward(x)
         return out
 
     def backward(self, dout):
-        return global_avg_pool_backward(dout, self._saved_cache())
+        return self.ops.global_avg_pool_backward(dout, self._saved_cache())
 
 
 class Linear(Module):
@@ -280,13 +279,13 @@ class Linear(Module):
 
     def forward(self, x):
         b = self.params.get("bias")
-        out, self._cache = linear_forward(
+        out, self._cache = self.ops.linear_forward(
             x, self.params["weight"].data, None if b is None else b.data
         )
         return out
 
     def backward(self, dout):
-        dx, dw, db = linear_backward(dout, self._saved_cache())
+        dx, dw, db = self.ops.linear_backward(dout, self._saved_cache())
         self.params["weight"].grad = dw
         if db is not None:
             self.params["bias"].grad = db
@@ -328,7 +327,7 @@ class SKUnit(Module):
 
     def forward(self, x):
         params = {name: p.data for name, p in self.params.items()} | self.buffers
-        out, self._cache = sk_unit_forward(
+        out, self._cache = self.ops.sk_unit_forward(
             x, params, stride=self.stride, groups=self.groups, training=self.training
         )
         self.buffers.update(self._cache.running_stats)
@@ -336,7 +335,7 @@ class SKUnit(Module):
         return out
 
     def backward(self, dout):
-        dx, grads = sk_unit_backward(dout, self._saved_cache())
+        dx, grads = self.ops.sk_unit_backward(dout, self._saved_cache())
         for name, g in grads.items():
             self.params[name].grad = g
         return dx

@@ -36,7 +36,6 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
-from skscratch import _kernels
 from skscratch._checks import float_array, nonempty, positive_int, same_dtype
 from skscratch.activations import (
     branch_softmax_backward,
@@ -44,15 +43,10 @@ from skscratch.activations import (
     relu_backward,
     relu_forward,
 )
-from skscratch.batchnorm import (
-    batchnorm_backward,
-    batchnorm_forward,
-    batchnorm_relu_backward,
-    batchnorm_relu_forward,
-)
+from skscratch.batchnorm import batchnorm_backward, batchnorm_forward
 from skscratch.conv import conv2d_backward, conv2d_forward
 from skscratch.linear import linear_backward, linear_forward
-from skscratch.pooling import global_avg_pool_forward
+from skscratch.pooling import global_avg_pool_backward, global_avg_pool_forward
 
 BN_STATS = ("running_mean", "running_var")
 
@@ -84,7 +78,7 @@ def _shapes(c: int, branches: int, groups: int, d: int) -> dict[str, tuple[int, 
     return shapes
 
 
-def _check_params(params: dict[str, NDArray], x: NDArray, groups: int) -> int:
+def check_params(params: dict[str, NDArray], x: NDArray, groups: int) -> int:
     """Check every key, shape and dtype of `params` for the input x; return M.
 
     M is the highest branch index among the convs.* and bns.* keys, plus one, so a missing
@@ -130,32 +124,14 @@ def _check_params(params: dict[str, NDArray], x: NDArray, groups: int) -> int:
     return branches
 
 
-def _bn_params(params: dict[str, NDArray], prefix: str) -> list[NDArray]:
+def bn_params(params: dict[str, NDArray], prefix: str) -> list[NDArray]:
     return [params[f"{prefix}.{k}"] for k in ("weight", "bias", *BN_STATS)]
 
 
-def select_reference(branches: list[NDArray], a: NDArray) -> NDArray:
-    """The select step's weighted sum in plain NumPy: V = sum_m a_m * U_m.
-
-    branches: M arrays U_m (N, C, H, W); a: (N, M, C), a_m broadcast over H x W.
-    """
-    return sum(a[:, m, :, None, None] * u for m, u in enumerate(branches))
-
-
-def select_backward_reference(
-    dv: NDArray, branches: list[NDArray], a: NDArray, g: NDArray
-) -> tuple[NDArray, NDArray]:
-    """Backward of `select_reference`, plus the gradient g (N, C) that every branch shares
-    through the fuse step's pooling, the same at every pixel. dv: (N, C, H, W). Returns da
-    (N, M, C) with da_m = sum_{h,w} dV * U_m, and dU (M, N, C, H, W) with dU_m = a_m dV + g."""
-    da = np.stack([(dv * u).sum(axis=(2, 3)) for u in branches], axis=1)
-    du = np.stack([a[:, m, :, None, None] * dv + g[:, :, None, None] for m in range(len(branches))])
-    return da, du
-
-
 class SKCache(NamedTuple):
-    branch_caches: list[tuple]  # per branch: (conv, batch norm + ReLU) caches
+    branch_caches: list[tuple]  # per branch: (conv, batch norm, ReLU) caches
     branches: tuple[NDArray, ...]  # U_m, each (N, C, H', W')
+    pool_cache: tuple
     fc_cache: tuple
     fc_bn_cache: tuple
     fc_relu_cache: tuple
@@ -182,48 +158,34 @@ def sk_unit_forward(
     Returns V: (N, C, H', W') with H' = (H - 1) // stride + 1, and the cache, whose field `a`
     holds the attention (N, M, C) and `running_stats` the updated batch-norm statistics.
     """
-    x = float_array("x", x, ndim=4)
-    nonempty("x", x)
-    if training and x.shape[0] < 2:
-        raise ValueError(
-            f"x must hold at least 2 images in training mode (the batch norm of the fuse step "
-            f"normalises over the batch), got shape {x.shape}"
-        )
-    groups = positive_int("groups", groups)
-    n_branches = _check_params(params, x, groups)
+    x, groups, n_branches = checked_input(x, params, groups, training)
     # Split, Fuse, Select as in the module docstring, from the forward functions of the other
-    # exercises (select_reference is the weighted sum); keep every cache, the attention a and
-    # the updated running statistics.
+    # exercises; keep every cache, the attention a and the updated running statistics.
     # BEGIN SOLUTION
     bn = dict(training=training, momentum=momentum, eps=eps)
     stats: dict[str, NDArray] = {}
 
-    # Split: branch m is a 3x3 conv with dilation m + 1 (and as much padding, keeping the size).
+    # Split: branch m is a 3x3 conv with dilation m + 1 (and as much padding, keeping the size),
+    # then batch norm and ReLU.
     branches, branch_caches = [], []
     for m in range(n_branches):
         dilation = m + 1
+        weight = params[f"convs.{m}.weight"]
         u, conv_cache = conv2d_forward(
-            x,
-            params[f"convs.{m}.weight"],
-            stride=stride,
-            padding=dilation,
-            dilation=dilation,
-            groups=groups,
+            x, weight, stride=stride, padding=dilation, dilation=dilation, groups=groups
         )
-        # Batch norm and ReLU, fused into one pass (the same as batchnorm_forward + relu_forward).
-        u, stats[f"bns.{m}.running_mean"], stats[f"bns.{m}.running_var"], bn_relu_cache = (
-            batchnorm_relu_forward(u, *_bn_params(params, f"bns.{m}"), **bn)
+        u, stats[f"bns.{m}.running_mean"], stats[f"bns.{m}.running_var"], bn_cache = (
+            batchnorm_forward(u, *bn_params(params, f"bns.{m}"), **bn)
         )
+        u, relu_cache = relu_forward(u)
         branches.append(u)
-        branch_caches.append((conv_cache, bn_relu_cache))
+        branch_caches.append((conv_cache, bn_cache, relu_cache))
 
     # Fuse: one descriptor per channel from the sum of the branches, squeezed to d values.
-    # Pooling is linear: the pool of U_1 + ... + U_M is the sum of the branches' pools, which
-    # does not write the sum out.
-    s = sum(global_avg_pool_forward(u)[0] for u in branches)  # (N, C)
+    s, pool_cache = global_avg_pool_forward(sum(branches))  # (N, C)
     z, fc_cache = linear_forward(s, params["fc.weight"])  # (N, d)
     z, stats["fc_bn.running_mean"], stats["fc_bn.running_var"], fc_bn_cache = batchnorm_forward(
-        z, *_bn_params(params, "fc_bn"), **bn
+        z, *bn_params(params, "fc_bn"), **bn
     )
     z, fc_relu_cache = relu_forward(z)
 
@@ -231,12 +193,12 @@ def sk_unit_forward(
     logits, select_cache = linear_forward(z, params["select.weight"])  # (N, M*C)
     n, c = s.shape
     a, softmax_cache = branch_softmax_forward(logits.reshape(n, n_branches, c))  # (N, M, C)
-    branches = tuple(np.ascontiguousarray(u) for u in branches)
-    v = _kernels._weighted_sum(branches, a)  # as select_reference, in one pass
+    v = sum(a[:, m, :, None, None] * u for m, u in enumerate(branches))  # a_m over H' x W'
 
     cache = SKCache(
         branch_caches,
-        branches,
+        tuple(branches),
+        pool_cache,
         fc_cache,
         fc_bn_cache,
         fc_relu_cache,
@@ -252,45 +214,58 @@ def sk_unit_forward(
 def sk_unit_backward(dout: NDArray, cache: SKCache) -> tuple[NDArray, dict[str, NDArray]]:
     """SK unit backward. dout: (N, C, H', W'). Returns dx: (N, C, H, W) and grads, a dict with the
     keys of the parameters (not the running statistics)."""
-    dout = float_array("dout", dout, ndim=4)
+    dout = checked_dout(dout, cache.branches[0])
     branches, a = cache.branches, cache.a
-    same_dtype("dout", dout, "the forward input", branches[0])
-    if dout.shape != branches[0].shape:
-        raise ValueError(f"dout must have shape {branches[0].shape}, got {dout.shape}")
-    # Undo the forward step by step in reverse; every U_m reaches the output twice (directly, and
-    # through the fuse step), so its two gradients add (select_backward_reference).
+    # Undo the forward step by step in reverse; every U_m reaches the output twice (directly,
+    # weighted by a_m, and through the fuse step), so its two gradients add.
     # BEGIN SOLUTION
     n_branches = len(branches)
     grads: dict[str, NDArray] = {}
 
-    # Select, backwards: V = sum_m a_m U_m gives dU_m = a_m dV and da_m = sum_{h,w} dV * U_m.
-    # (The compiled kernels compute what select_backward_reference writes out in NumPy.)
-    dout = np.ascontiguousarray(dout)
-    da = _kernels._weighted_sum_backward_weights(dout, branches)  # (N, M, C)
+    # Select, backwards: V = sum_m a_m U_m gives da_m = sum_{h,w} dV * U_m (and dU_m = a_m dV).
+    da = np.stack([(dout * u).sum(axis=(2, 3)) for u in branches], axis=1)  # (N, M, C)
     dlogits = branch_softmax_backward(da, cache.softmax_cache)
     n, _, c = dlogits.shape
     dz, grads["select.weight"], _ = linear_backward(
         dlogits.reshape(n, n_branches * c), cache.select_cache
     )
 
-    # Fuse, backwards: through ReLU, BN, the FC and the pooling to dU, which every U_m shares.
+    # Fuse, backwards: through ReLU, BN, the FC and the pooling to the sum U of the branches.
     dz = relu_backward(dz, cache.fc_relu_cache)
     dz, grads["fc_bn.weight"], grads["fc_bn.bias"] = batchnorm_backward(dz, cache.fc_bn_cache)
     ds, grads["fc.weight"], _ = linear_backward(dz, cache.fc_cache)
-    # The pooling's backward (global_avg_pool_backward) gives every pixel of U, and so of every
-    # U_m, the same ds / (H' W'); the kernel below adds that per pixel instead of writing it out.
-    h, w = dout.shape[2:]
-    du_pixel = (ds / (h * w)).astype(dout.dtype)  # (N, C)
+    du_sum = global_avg_pool_backward(ds, cache.pool_cache)  # U = sum of U_m: each gets all of it
 
-    # Split, backwards: each branch's two gradient paths add, dU_m = a_m dV + dU, in one pass
-    # (as select_backward_reference); then its ReLU, BN and conv.
-    dbranches = _kernels._weighted_sum_backward_branches(dout, a, du_pixel)  # (M, N, C, H', W')
-    dx = None
-    for m, (conv_cache, bn_relu_cache) in enumerate(cache.branch_caches):
-        du, grads[f"bns.{m}.weight"], grads[f"bns.{m}.bias"] = batchnorm_relu_backward(
-            dbranches[m], bn_relu_cache
-        )
-        # The branches read the same x: their gradients add (the later ones into the first's).
-        dx, grads[f"convs.{m}.weight"], _ = conv2d_backward(du, conv_cache, add_to=dx)
+    # Split, backwards: each branch's two gradient paths add, dU_m = a_m dV + dU; then its ReLU,
+    # BN and conv. The branches read the same x: their gradients of x add.
+    dx = 0
+    for m, (conv_cache, bn_cache, relu_cache) in enumerate(cache.branch_caches):
+        du = a[:, m, :, None, None] * dout + du_sum
+        du = relu_backward(du, relu_cache)
+        du, grads[f"bns.{m}.weight"], grads[f"bns.{m}.bias"] = batchnorm_backward(du, bn_cache)
+        dx_m, grads[f"convs.{m}.weight"], _ = conv2d_backward(du, conv_cache)
+        dx = dx + dx_m
     return dx, grads
     # END SOLUTION
+
+
+def checked_input(x, params, groups, training) -> tuple[NDArray, int, int]:
+    """Check the SK unit's input and parameters; return (x as an array, groups, M)."""
+    x = float_array("x", x, ndim=4)
+    nonempty("x", x)
+    if training and x.shape[0] < 2:
+        raise ValueError(
+            f"x must hold at least 2 images in training mode (the batch norm of the fuse step "
+            f"normalises over the batch), got shape {x.shape}"
+        )
+    groups = positive_int("groups", groups)
+    return x, groups, check_params(params, x, groups)
+
+
+def checked_dout(dout, first_branch: NDArray) -> NDArray:
+    """Check dout against the unit's output (the shape and dtype of every branch)."""
+    dout = float_array("dout", dout, ndim=4)
+    same_dtype("dout", dout, "the forward input", first_branch)
+    if dout.shape != first_branch.shape:
+        raise ValueError(f"dout must have shape {first_branch.shape}, got {dout.shape}")
+    return dout
