@@ -11,6 +11,10 @@ Every random choice is a function of (seed, epoch, batch): the order of an epoch
 generator seeded with (seed, epoch), the augmentation of a batch from one seeded with
 (seed, epoch, batch). A run stopped anywhere and resumed from its checkpoint therefore repeats
 the uninterrupted run exactly.
+
+A run trains on a backend (skscratch.backends): "fast", the compiled pairs, by default, or
+"reference", the plain-NumPy ones. The backend is how the model computes, not what it is: a
+checkpoint does not record it, and a run may be resumed on either.
 """
 
 from __future__ import annotations
@@ -28,8 +32,7 @@ import numpy as np
 from numpy.typing import NDArray
 from tqdm import tqdm
 
-from skscratch import _kernels
-from skscratch._memory import reuse_freed_memory
+from skscratch.backends import get_backend
 from skscratch.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 from skscratch.data import Cifar10, augment, channel_stats, normalize
 from skscratch.losses import softmax_cross_entropy
@@ -53,8 +56,17 @@ class TrainingError(RuntimeError):
     """Training cannot go on (the loss diverged, or the output folder holds another run)."""
 
 
+class ConfigError(ValueError):
+    """A training configuration with a value training cannot use."""
+
+
+SCHEDULES = ("onecycle", "cosine")  # the learning-rate decays skscratch.optim.learning_rate knows
+
+
 @dataclass(frozen=True)
 class TrainConfig:
+    """How to train: the defaults are those of the command line (`skscratch train --help`)."""
+
     epochs: int = 30
     batch_size: int = 128
     lr: float = 0.1  # the peak of the schedule
@@ -69,16 +81,25 @@ class TrainConfig:
     augment: bool = True
 
     def __post_init__(self):
+        # `not x >= 0` rather than `x < 0`, so that NaN is refused too.
         if self.epochs < 1:
-            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+            raise ConfigError(f"epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 2:
-            raise ValueError(f"batch size must be at least 2 (batch norm), got {self.batch_size}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+            raise ConfigError(f"batch size must be at least 2 (batch norm), got {self.batch_size}")
+        if not 0 < self.lr < math.inf:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ConfigError(f"weight decay must not be negative, got {self.weight_decay}")
+        if not 0 <= self.warmup_epochs < math.inf:
+            raise ConfigError(f"warm-up must not be negative, got {self.warmup_epochs} epochs")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         for name in ("subset", "test_subset"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
+                raise ConfigError(f"{name} must be at least 1, got {value}")
 
 
 def train_step(model: SKResNeXt, optimizer: SGD, x: NDArray, y: NDArray) -> tuple[float, int]:
@@ -154,20 +175,31 @@ def run_training(
     config: TrainConfig = TrainConfig(),
     resume: bool = False,
     progress: bool = True,
+    backend: str = "fast",
 ) -> list[dict]:
     """Train an SK-ResNeXt, writing checkpoint.npz, metrics.jsonl and curves.png to `out_dir`.
 
     With resume, continue the run in out_dir from its checkpoint (its model and training
-    configuration win over the arguments). Returns the history, one dict per finished epoch.
+    configuration win over the arguments). backend is "fast" or "reference"
+    (skscratch.backends); it is not part of the checkpoint, so a run may be resumed on either.
+    Returns the history, one dict per finished epoch.
     """
-    reuse_freed_memory()
+    get_backend(backend)  # a wrong name fails here, before the folder is made
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise TrainingError(f"cannot create the output folder {out}: {exc.strerror}") from exc
     with _exclusive(out):
-        return _run(data, out, model_config, config, resume, progress)
+        run = _start(
+            data, out, model_config, config, resume=resume, backend=backend, progress=progress
+        )
+        with _StopRequest() as stop:
+            while run.position.epoch < run.config.epochs:
+                _train_epoch(run, stop)
+                _finish_epoch(run)
+        plot_history(run.history, out / CURVES)
+    return run.history
 
 
 @contextmanager
@@ -199,27 +231,83 @@ def _exclusive(out: Path):
         yield
 
 
-def _run(data, out, model_config, config, resume, progress):
-    ckpt_path = out / CHECKPOINT
+@dataclass
+class Position:
+    """Where a run stands: the epoch in progress (0-based), the next batch of it, and that
+    epoch's totals so far (loss summed over images, correct predictions, seconds spent).
+
+    It is all a checkpoint needs, besides the weights and the history, to go on exactly where
+    the run stopped: every random choice is a function of (seed, epoch, batch).
+    """
+
+    epoch: int = 0
+    batch: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class _Run:
+    """A run in progress: its settings, data, model and optimiser, and where it stands."""
+
+    out: Path
+    model_config: SKNetConfig
+    config: TrainConfig
+    model: SKResNeXt
+    optimizer: SGD
+    x_train: NDArray  # uint8 (N, 3, 32, 32)
+    y_train: NDArray  # (N,)
+    x_test: NDArray
+    y_test: NDArray
+    mean: NDArray  # (3,): the training images' channel statistics, to normalise with
+    std: NDArray
+    position: Position
+    history: list[dict]  # one dict per finished epoch
+    progress: bool  # show progress bars and a line per epoch
+    steps: int = 0  # steps taken by this process (the first compiles the kernels)
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.out / CHECKPOINT
+
+    @property
+    def n_batches(self) -> int:
+        """Batches per epoch: only full ones (batch norm and the schedule want equal sizes)."""
+        return len(self.x_train) // self.config.batch_size
+
+
+def _start(
+    data: Cifar10,
+    out: Path,
+    model_config: SKNetConfig,
+    config: TrainConfig,
+    *,
+    resume: bool,
+    backend: str,
+    progress: bool,
+) -> _Run:
+    """Set up a new run in `out`, or with resume the run whose checkpoint is there."""
+    checkpoint = out / CHECKPOINT
     if resume:
-        meta, model_state, optim_state = load_checkpoint(ckpt_path)
-        model_config = SKNetConfig.from_dict(meta["model_config"])
-        config = TrainConfig(**meta["train_config"])
-    elif ckpt_path.exists():
+        meta, model_state, optim_state = load_checkpoint(checkpoint)
+        model_config, config, position, history = _read_meta(meta, checkpoint)
+    elif checkpoint.exists():
         raise TrainingError(
             f"{out} already holds a run ({CHECKPOINT}); pass --resume to continue it, "
             f"or choose another --out"
         )
+    else:
+        position, history = Position(), []
 
     x_train, y_train = data.x_train[: config.subset], data.y_train[: config.subset]
     x_test, y_test = data.x_test[: config.test_subset], data.y_test[: config.test_subset]
-    n_batches = len(x_train) // config.batch_size
-    if n_batches == 0:
+    if len(x_train) < config.batch_size:
         raise TrainingError(
             f"batch size {config.batch_size} is larger than the {len(x_train)} training images"
         )
     mean, std = channel_stats(x_train)
-    model = SKResNeXt(model_config, seed=config.seed)
+    model = SKResNeXt(model_config, seed=config.seed, backend=backend)
     optimizer = SGD(
         model,
         lr=config.lr,
@@ -227,134 +315,177 @@ def _run(data, out, model_config, config, resume, progress):
         nesterov=config.nesterov,
         weight_decay=config.weight_decay,
     )
-    position = {"epoch": 0, "batch": 0, "loss_sum": 0.0, "correct": 0, "seconds": 0.0}
-    history: list[dict] = []
     if resume:
         try:
             model.load_state_dict(model_state)
             optimizer.load_state_dict(optim_state)
         except ValueError as exc:
-            raise CheckpointError(f"{ckpt_path} does not fit its own model: {exc}") from exc
-        position, history = meta["position"], meta["history"]
+            raise CheckpointError(f"{checkpoint} does not fit its own model: {exc}") from exc
+    return _Run(
+        out=out,
+        model_config=model_config,
+        config=config,
+        model=model,
+        optimizer=optimizer,
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_test,
+        y_test=y_test,
+        mean=mean,
+        std=std,
+        position=position,
+        history=history,
+        progress=progress,
+    )
 
-    total_steps = config.epochs * n_batches
-    warmup = round(config.warmup_epochs * n_batches)
 
-    def save():
-        try:
-            _save()
-        except OSError as exc:
-            raise TrainingError(
-                f"could not write the checkpoint {ckpt_path}: {exc.strerror}. The previous "
-                f"checkpoint, if any, is intact."
-            ) from exc
+def _read_meta(meta: dict, path: Path) -> tuple[SKNetConfig, TrainConfig, Position, list[dict]]:
+    """The model and training configurations, position and history a checkpoint's header holds."""
+    try:
+        return (
+            SKNetConfig.from_dict(meta["model_config"]),
+            TrainConfig(**meta["train_config"]),
+            Position(**meta["position"]),
+            list(meta["history"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path} does not hold a run this skscratch can resume: {exc}"
+        ) from exc
 
-    def _save():
-        meta = {
-            "model_config": model_config.to_dict(),
-            "train_config": asdict(config),
-            "position": position,
-            "history": history,
-            "normalization": {"mean": mean.tolist(), "std": std.tolist()},
+
+def _train_epoch(run: _Run, stop: _StopRequest) -> None:
+    """Train the rest of the epoch at run.position, batch by batch.
+
+    On SIGINT or SIGTERM, finish the step in progress, save a checkpoint of the position after
+    it and raise KeyboardInterrupt.
+    """
+    config, position = run.config, run.position
+    # The order depends only on (seed, epoch): a resumed epoch draws the same one again.
+    order = np.random.default_rng([config.seed, 1, position.epoch]).permutation(len(run.x_train))
+    # The clock goes on from the seconds the epoch had taken before it was stopped.
+    started = time.perf_counter() - position.seconds
+    with tqdm(
+        total=run.n_batches,
+        initial=position.batch,
+        desc=f"epoch {position.epoch + 1}/{config.epochs}",
+        disable=not run.progress,
+        unit="batch",
+        dynamic_ncols=True,
+    ) as bar:
+        while position.batch < run.n_batches and stop.signal is None:
+            _logged_step(run, order, bar, started)
+    if stop.signal is not None:
+        _save(run)
+        name = signal.Signals(stop.signal).name
+        print(f"\n{name}: saved a resumable checkpoint to {run.checkpoint}")
+        raise KeyboardInterrupt(name)
+
+
+def _logged_step(run: _Run, order: NDArray, bar: tqdm, started: float) -> None:
+    """Train the batch at run.position (its images are order[batch * B : (batch + 1) * B]),
+    check that the loss is finite, move the position on and show the running totals."""
+    config, position = run.config, run.position
+    epoch, b = position.epoch, position.batch
+    idx = order[b * config.batch_size : (b + 1) * config.batch_size]
+    xb = run.x_train[idx]
+    if config.augment:
+        xb = augment(xb, np.random.default_rng([config.seed, 2, epoch, b]))
+    run.optimizer.lr = learning_rate(
+        epoch * run.n_batches + b,
+        config.epochs * run.n_batches,
+        peak=config.lr,
+        warmup_steps=round(config.warmup_epochs * run.n_batches),
+        kind=config.schedule,
+    )
+    loss, correct = _train_batch(run, normalize(xb, run.mean, run.std), run.y_train[idx], bar)
+    if not math.isfinite(loss):
+        raise TrainingError(
+            f"the loss became {loss} at epoch {epoch + 1}, batch {b + 1}: training diverged "
+            f"(learning rate {run.optimizer.lr:.4g}); try a lower --lr. The last checkpoint in "
+            f"{run.out} is kept as it was."
+        )
+    position.batch += 1
+    position.loss_sum += loss * len(idx)
+    position.correct += correct
+    position.seconds = time.perf_counter() - started
+    seen = position.batch * config.batch_size
+    bar.update(1)
+    bar.set_postfix(
+        loss=f"{position.loss_sum / seen:.3f}",
+        acc=f"{position.correct / seen:.3f}",
+        img_s=f"{seen / position.seconds:.0f}",
+    )
+
+
+def _train_batch(run: _Run, x: NDArray, y: NDArray, bar: tqdm) -> tuple[float, int]:
+    """train_step; around the first step of this process on the fast backend, also say how many
+    kernels numba compiled for it and how long it took, which explains a slow first step."""
+    if run.steps > 0 or run.model.backend != "fast":
+        run.steps += 1
+        return train_step(run.model, run.optimizer, x, y)
+    import skscratch.fast  # already loaded by the model: its backend is "fast"
+
+    compiled, started = skscratch.fast.compilations(), time.perf_counter()
+    result = train_step(run.model, run.optimizer, x, y)
+    run.steps += 1
+    compiled = skscratch.fast.compilations() - compiled
+    if compiled and run.progress:
+        bar.write(
+            f"compiled {compiled} numba kernels in the first step: "
+            f"{time.perf_counter() - started:.1f} s (once: later runs load them from the cache)"
+        )
+    return result
+
+
+def _finish_epoch(run: _Run) -> None:
+    """Evaluate on the test images, add the epoch to the history, move to the next epoch, and
+    save the checkpoint and then the metrics."""
+    position, seen = run.position, run.n_batches * run.config.batch_size
+    test = evaluate(run.model, run.x_test, run.y_test, run.mean, run.std)
+    run.history.append(
+        {
+            "epoch": position.epoch + 1,
+            "train_loss": position.loss_sum / seen,
+            "train_accuracy": position.correct / seen,
+            "test_loss": test["loss"],
+            "test_accuracy": test["accuracy"],
+            "lr": run.optimizer.lr,
+            "seconds": position.seconds,
+            "images_per_second": seen / position.seconds,
         }
-        save_checkpoint(ckpt_path, meta, model.state_dict(), optimizer.state_dict())
+    )
+    run.position = Position(epoch=position.epoch + 1)
+    _save(run)
+    try:
+        write_metrics(run.out / METRICS, run.history)
+    except OSError as exc:
+        raise TrainingError(f"could not write {run.out / METRICS}: {exc.strerror}") from exc
+    if run.progress:
+        h = run.history[-1]
+        tqdm.write(
+            f"epoch {h['epoch']}: train loss {h['train_loss']:.3f} "
+            f"acc {h['train_accuracy']:.3f} | test loss {h['test_loss']:.3f} "
+            f"acc {h['test_accuracy']:.3f} | {h['seconds'] / 60:.1f} min"
+        )
 
-    first_step = True
-    with _StopRequest() as stop:
-        while position["epoch"] < config.epochs:
-            epoch = position["epoch"]
-            order = np.random.default_rng([config.seed, 1, epoch]).permutation(len(x_train))
-            bar = tqdm(
-                total=n_batches,
-                initial=position["batch"],
-                desc=f"epoch {epoch + 1}/{config.epochs}",
-                disable=not progress,
-                unit="batch",
-                dynamic_ncols=True,
-            )
-            started = time.perf_counter() - position["seconds"]
-            while position["batch"] < n_batches:
-                b = position["batch"]
-                idx = order[b * config.batch_size : (b + 1) * config.batch_size]
-                xb = x_train[idx]
-                if config.augment:
-                    xb = augment(xb, np.random.default_rng([config.seed, 2, epoch, b]))
-                step = epoch * n_batches + b
-                optimizer.lr = learning_rate(
-                    step, total_steps, peak=config.lr, warmup_steps=warmup, kind=config.schedule
-                )
-                if first_step:  # of this process: it compiles or loads the kernels
-                    step_started, compiled = time.perf_counter(), _kernels.compilations()
-                loss, correct = train_step(model, optimizer, normalize(xb, mean, std), y_train[idx])
-                if first_step:
-                    first_step = False
-                    compiled = _kernels.compilations() - compiled
-                    if compiled and progress:
-                        bar.write(
-                            f"compiled {compiled} numba kernels in the first step: "
-                            f"{time.perf_counter() - step_started:.1f} s (once: later runs load "
-                            f"them from the cache)"
-                        )
-                if not math.isfinite(loss):
-                    raise TrainingError(
-                        f"the loss became {loss} at epoch {epoch + 1}, batch {b + 1}: training "
-                        f"diverged (learning rate {optimizer.lr:.4g}); try a lower --lr. "
-                        f"The last checkpoint in {out} is kept as it was."
-                    )
-                position["batch"] += 1
-                position["loss_sum"] += loss * len(idx)
-                position["correct"] += correct
-                position["seconds"] = time.perf_counter() - started
-                seen = position["batch"] * config.batch_size
-                bar.update(1)
-                bar.set_postfix(
-                    loss=f"{position['loss_sum'] / seen:.3f}",
-                    acc=f"{position['correct'] / seen:.3f}",
-                    img_s=f"{seen / position['seconds']:.0f}",
-                )
-                if stop.signal is not None:
-                    bar.close()
-                    save()
-                    name = signal.Signals(stop.signal).name
-                    print(f"\n{name}: saved a resumable checkpoint to {ckpt_path}")
-                    raise KeyboardInterrupt(name)
-            bar.close()
 
-            test = evaluate(model, x_test, y_test, mean, std)
-            seen = n_batches * config.batch_size
-            history.append(
-                {
-                    "epoch": epoch + 1,
-                    "train_loss": position["loss_sum"] / seen,
-                    "train_accuracy": position["correct"] / seen,
-                    "test_loss": test["loss"],
-                    "test_accuracy": test["accuracy"],
-                    "lr": optimizer.lr,
-                    "seconds": position["seconds"],
-                    "images_per_second": seen / position["seconds"],
-                }
-            )
-            position = {
-                "epoch": epoch + 1,
-                "batch": 0,
-                "loss_sum": 0.0,
-                "correct": 0,
-                "seconds": 0.0,
-            }
-            save()
-            try:
-                write_metrics(out / METRICS, history)
-            except OSError as exc:
-                raise TrainingError(f"could not write {out / METRICS}: {exc.strerror}") from exc
-            if progress:
-                h = history[-1]
-                tqdm.write(
-                    f"epoch {h['epoch']}: train loss {h['train_loss']:.3f} "
-                    f"acc {h['train_accuracy']:.3f} | test loss {h['test_loss']:.3f} "
-                    f"acc {h['test_accuracy']:.3f} | {h['seconds'] / 60:.1f} min"
-                )
-    plot_history(history, out / CURVES)
-    return history
+def _save(run: _Run) -> None:
+    """Write the run's checkpoint (atomically: a failure leaves the previous one whole)."""
+    meta = {
+        "model_config": run.model_config.to_dict(),
+        "train_config": asdict(run.config),
+        "position": asdict(run.position),
+        "history": run.history,
+        "normalization": {"mean": run.mean.tolist(), "std": run.std.tolist()},
+    }
+    try:
+        save_checkpoint(run.checkpoint, meta, run.model.state_dict(), run.optimizer.state_dict())
+    except OSError as exc:
+        raise TrainingError(
+            f"could not write the checkpoint {run.checkpoint}: {exc.strerror}. The previous "
+            f"checkpoint, if any, is intact."
+        ) from exc
 
 
 def write_metrics(path: Path, history: list[dict]) -> None:
@@ -387,14 +518,15 @@ def plot_history(history: list[dict], path: Path) -> bool:
     return True
 
 
-def load_model(path: str | Path) -> tuple[SKResNeXt, NDArray, NDArray]:
-    """Rebuild the model stored in a checkpoint.
+def load_model(path: str | Path, backend: str = "fast") -> tuple[SKResNeXt, NDArray, NDArray]:
+    """Rebuild the model stored in a checkpoint, on `backend` ("fast" or "reference").
 
     Returns (model in evaluation mode, mean (3,), std (3,)): the normalisation it was trained with.
     """
+    get_backend(backend)  # before the `try`: a wrong name is the caller's error, not the file's
     meta, model_state, _ = load_checkpoint(Path(path))
     try:
-        model = SKResNeXt(SKNetConfig.from_dict(meta["model_config"]))
+        model = SKResNeXt(SKNetConfig.from_dict(meta["model_config"]), backend=backend)
         model.load_state_dict(model_state)
         norm = meta["normalization"]
         mean, std = (np.array(norm[k], dtype=np.float32) for k in ("mean", "std"))

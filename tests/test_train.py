@@ -285,15 +285,31 @@ def test_short_run_lowers_the_loss(tmp_path, fake_data):
 
 
 def test_the_first_step_reports_the_kernels_it_compiled(tmp_path, fake_data, monkeypatch, capsys):
-    from skscratch import _kernels
+    import skscratch.fast
 
     counts = iter([0, 7])  # before and after the first step; nothing compiles after that
-    monkeypatch.setattr(_kernels, "compilations", lambda: next(counts, 7))
+    monkeypatch.setattr(skscratch.fast, "compilations", lambda: next(counts, 7))
     config = TrainConfig(epochs=1, batch_size=16, subset=32)
     run_training(fake_data, tmp_path, model_config=PRESETS["tiny"], config=config)
     printed = capsys.readouterr()
     reports = re.findall(r"compiled (\d+) numba kernels in the first step: [\d.]+ s", printed.out)
     assert reports == ["7"], printed
+
+
+def test_the_reference_backend_compiles_nothing_and_reports_nothing(
+    tmp_path, fake_data, monkeypatch, capsys
+):
+    import skscratch.fast
+
+    def no_look(*args):
+        raise AssertionError("a run on the reference backend asked numba for its compilations")
+
+    monkeypatch.setattr(skscratch.fast, "compilations", no_look)
+    config = TrainConfig(epochs=1, batch_size=16, subset=32, test_subset=16)
+    history = run_training(
+        fake_data, tmp_path, model_config=PRESETS["tiny"], config=config, backend="reference"
+    )
+    assert len(history) == 1 and "compiled" not in capsys.readouterr().out
 
 
 def test_evaluate_counts_per_class(fake_data):
