@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 import zipfile
 from pathlib import Path
@@ -28,11 +29,17 @@ class CheckpointError(ValueError):
 
 
 def atomic_write(path: Path, write) -> None:
-    """Call write(file) on a temporary file beside `path`, fsync it, and rename it to `path`."""
+    """Call write(file) on a temporary file beside `path`, fsync it, and rename it to `path`.
+
+    The file gets the permissions it would have had written in place: those of the file it
+    replaces, or for a new file 0o666 less the umask (mkstemp makes its files owner-only).
+    """
     path = Path(path)
+    mode = _mode_for(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.chmod(tmp, mode)
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -46,6 +53,19 @@ def atomic_write(path: Path, write) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _mode_for(path: Path) -> int:
+    """The permission bits of `path` if it exists, else those open() would give a new file."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        pass
+    # The umask can only be read by setting it. A file another thread creates between these two
+    # calls comes out owner-only (umask 0o077), the safe side; skscratch writes from one thread.
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def save_checkpoint(

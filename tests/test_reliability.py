@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import stat
 import subprocess
 import sys
 
@@ -254,3 +255,39 @@ def test_an_unwritable_output_folder_is_a_clear_error_before_training(tmp_path, 
     with pytest.raises(TrainingError, match="cannot write to the output folder.*Permission denied"):
         train(out)
     assert list(out.iterdir()) == []
+
+
+@pytest.fixture
+def umask():
+    """Set the process's umask for one test, and put the old one back after it."""
+    old = os.umask(0o022)
+    yield os.umask
+    os.umask(old)
+
+
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_a_new_file_gets_the_permissions_the_umask_asks_for(tmp_path, umask, mask, mode):
+    """mkstemp makes its temporary files owner-only; the file it becomes must not stay so."""
+    umask(mask)
+    path = tmp_path / "metrics.jsonl"
+    skscratch.checkpoint.atomic_write(path, lambda f: f.write(b"{}\n"))
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+    assert os.umask(mask) == mask  # and the umask is as it was
+
+
+def test_a_rewritten_file_keeps_its_permissions(tmp_path, umask):
+    umask(0o022)
+    path = tmp_path / "checkpoint.npz"
+    path.write_bytes(b"the previous checkpoint")
+    path.chmod(0o640)
+    skscratch.checkpoint.atomic_write(path, lambda f: f.write(b"a new one"))
+    assert path.read_bytes() == b"a new one"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
+def test_a_run_writes_files_others_may_read_under_umask_022(tmp_path, umask):
+    umask(0o022)
+    out = tmp_path / "run"
+    train(out)
+    for name in ("checkpoint.npz", "metrics.jsonl", "curves.png"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o644, name
