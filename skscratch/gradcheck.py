@@ -5,17 +5,24 @@ L(x) = sum(f(x) * dout) has gradient dL/dx = backward(dout). Its centred differe
 
     dL/dx[i] ~ (L(x + h e_i) - L(x - h e_i)) / (2h)
 
-has error O(h^2) from the curvature of f plus O(eps * |L| / h) from rounding, so h ~ 1e-6 suits
-float64 and float32 is hopeless for fine checks (eps ~ 1e-7): check gradients in float64.
+has a truncation error of about h^2 |L'| / 6 (the third derivative along e_i) plus a rounding
+error of about u |L| / h (u the unit roundoff: 1.1e-16 in float64, 6e-8 in float32), so h ~ 1e-6
+suits float64 and float32 is hopeless for fine checks: check gradients in float64.
 
 A random dout matters: with dout = 1 everywhere, L is the sum of a batch-norm output, which is
 the same for every x (the normalised values of a channel sum to zero). Then the true dx is 0, and
 so is the variance term xhat * mean(dxhat * xhat) of the backward pass: a backward pass that
 forgets that term still "passes".
+
+`check_all_operations` (what `python -m skscratch gradcheck` prints) checks the reference pairs,
+the ones a student reads and writes, then the fast backend's pairs against finite differences
+and against the reference pairs. In a course's student copy an operation whose function is not
+written yet raises NotImplementedError naming its exercise, and its rows say so.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -122,167 +129,103 @@ def check_gradients(
     return errors
 
 
-def _operation_cases(rng: np.random.Generator) -> list[tuple[str, Callable, Callable, dict, dict]]:
-    """(name, forward, backward, inputs, fixed) for every operation, on random float64 shapes."""
-    # Imported here: the operations' tests import this module, not the other way round.
-    from skscratch import activations, batchnorm, conv, linear, pooling
-
-    def normal(*shape):
-        return rng.standard_normal(shape)
-
-    n = int(rng.integers(2, 4))
-    groups = int(rng.integers(1, 4))
-    c_in, c_out = groups * int(rng.integers(1, 3)), groups * int(rng.integers(1, 3))
-    h, w = (int(v) for v in rng.integers(5, 9, size=2))
-    # Keep ReLU inputs away from its kink at 0, where finite differences straddle it.
-    relu_x = normal(n, 3, 4, 4)
-    relu_x += np.where(relu_x >= 0, 0.1, -0.1)
-    return [
-        (
-            "conv2d 3x3 grouped",
-            conv.conv2d_forward,
-            conv.conv2d_backward,
-            {
-                "x": normal(n, c_in, h, w),
-                "w": normal(c_out, c_in // groups, 3, 3),
-                "b": normal(c_out),
-            },
-            {"stride": 1, "padding": 1, "groups": groups},
-        ),
-        (
-            "conv2d 3x3 dilated, stride 2",
-            conv.conv2d_forward,
-            conv.conv2d_backward,
-            {"x": normal(n, c_in, h, w), "w": normal(c_out, c_in // groups, 3, 3)},
-            {"stride": 2, "padding": 2, "dilation": 2, "groups": groups},
-        ),
-        (
-            "conv2d depthwise",
-            conv.conv2d_forward,
-            conv.conv2d_backward,
-            {"x": normal(n, c_in, h, w), "w": normal(c_in, 1, 3, 3)},
-            {"padding": 1, "groups": c_in},
-        ),
-        (
-            "batchnorm 2d (training)",
-            batchnorm.batchnorm_forward,
-            batchnorm.batchnorm_backward,
-            {"x": normal(n, 3, 4, 5), "gamma": normal(3), "beta": normal(3)},
-            {"running_mean": np.zeros(3), "running_var": np.ones(3)},
-        ),
-        (
-            "batchnorm 1d (training)",
-            batchnorm.batchnorm_forward,
-            batchnorm.batchnorm_backward,
-            {"x": normal(n + 3, 4), "gamma": normal(4), "beta": normal(4)},
-            {"running_mean": np.zeros(4), "running_var": np.ones(4)},
-        ),
-        (
-            "batchnorm 2d (eval)",
-            batchnorm.batchnorm_forward,
-            batchnorm.batchnorm_backward,
-            {"x": normal(n, 3, 4, 5), "gamma": normal(3), "beta": normal(3)},
-            {"running_mean": normal(3), "running_var": rng.uniform(0.5, 2, 3), "training": False},
-        ),
-        ("relu", activations.relu_forward, activations.relu_backward, {"x": relu_x}, {}),
-        (
-            "global average pool",
-            pooling.global_avg_pool_forward,
-            pooling.global_avg_pool_backward,
-            {"x": normal(n, 3, h, w)},
-            {},
-        ),
-        (
-            "linear",
-            linear.linear_forward,
-            linear.linear_backward,
-            {"x": normal(n, 7), "w": normal(5, 7), "b": normal(5)},
-            {},
-        ),
-        (
-            "branch softmax",
-            activations.branch_softmax_forward,
-            activations.branch_softmax_backward,
-            {"logits": normal(n, 3, 6)},
-            {},
-        ),
-    ]
-
-
-def _cross_entropy_error(rng: np.random.Generator) -> dict[str, float]:
-    """The loss returns its own gradient: check it against differences of the loss."""
-    from skscratch.losses import softmax_cross_entropy
-
-    logits = rng.standard_normal((4, 10))
-    labels = rng.integers(0, 10, size=4)
-    _, analytic = softmax_cross_entropy(logits, labels)
-    numeric = numerical_gradient(
-        lambda z: np.asarray(softmax_cross_entropy(z, labels)[0]), logits, np.ones(())
-    )
-    return {"logits": rel_error(analytic, numeric)}
-
-
 def check_sk_unit(
-    rng: np.random.Generator,
-    *,
-    n: int = 4,
-    channels: int = 8,
-    size: tuple[int, int] = (6, 5),
-    branches: int = 2,
-    groups: int = 4,
-    stride: int = 1,
-    training: bool = True,
+    rng: np.random.Generator, backend: str = "reference", **options
 ) -> dict[str, float]:
-    """Gradient check of the SK unit (x and every parameter) on random float64 values.
+    """Gradient check of the SK unit (x and every parameter) on the "reference" or the "fast"
+    backend; options as `sk_case`'s. Returns {input name: max relative error}."""
+    from skscratch.gradcheck_cases import sk_case  # which builds on this module's tools
 
-    With n = 2 the fuse step's batch norm maps each channel to about +-1 whatever its input, so
-    the gradient of fc.weight is nearly zero and the check measures only rounding: use n >= 3.
-    """
-    from skscratch.sk import sk_param_shapes, sk_unit_backward, sk_unit_forward
-
-    shapes = sk_param_shapes(channels, branches=branches, groups=groups, r=2, L=4)
-    stats = {k: rng.uniform(0.5, 2.0, s) for k, s in shapes.items() if k.endswith("running_var")}
-    stats |= {k: rng.normal(0, 0.1, s) for k, s in shapes.items() if k.endswith("running_mean")}
-    inputs = {"x": rng.standard_normal((n, channels, *size))}
-    inputs |= {k: rng.standard_normal(s) for k, s in shapes.items() if k not in stats}
-
-    def forward(x, **params):
-        return sk_unit_forward(x, params | stats, stride=stride, groups=groups, training=training)
-
-    def backward(dout, cache):
-        dx, grads = sk_unit_backward(dout, cache)
-        return {"x": dx, **grads}
-
-    return check_gradients(forward, backward, inputs, seed=int(rng.integers(2**31)))
+    case = sk_case(rng, backend, **options)
+    return check_gradients(case.forward, case.backward, case.inputs, seed=int(rng.integers(2**31)))
 
 
-NOT_WRITTEN = "not written yet"
+def agreement(fast, reference, seed: int = 0) -> float:
+    """The largest relative difference between the two pairs' outputs and gradients, for the
+    same inputs and the same random upstream gradient."""
+    results = []
+    for case in (fast, reference):
+        out = case.forward(**case.inputs, **case.fixed)
+        dout = np.random.default_rng(seed).standard_normal(np.shape(out[0]))
+        grads = case.backward(dout, out[-1])
+        if isinstance(grads, np.ndarray):
+            grads = (grads,)
+        if isinstance(grads, Mapping):
+            grads = [grads[k] for k in sorted(grads)]
+        results.append([out[0], *(g for g in grads if g is not None)])
+    return max(rel_error(a, b) for a, b in zip(*results, strict=True))
 
 
-def check_all_operations(seed: int = 0) -> list[tuple[str, str, float]]:
-    """Run the gradient check of every operation; return rows (operation, input, max rel error).
+def exercise_of(error: NotImplementedError) -> str:
+    """The course exercise named by a student copy's NotImplementedError ("exercise conv: ..."),
+    or "?" for one raised by anything else."""
+    found = re.match(r"exercise (\w+):", str(error))
+    return found.group(1) if found else "?"
 
-    An operation whose code raises NotImplementedError (in a course assignment's student copy)
-    gives one row (operation, NOT_WRITTEN, nan) instead."""
+
+# A row of check_all_operations: which pair, which gradient, its error, and for a function not
+# written yet (error nan) the exercise it belongs to.
+Row = tuple[str, str, str, float, "str | None"]
+
+
+def check_all_operations(
+    seed: int = 0, backends: tuple[str, ...] = ("reference", "fast")
+) -> list[Row]:
+    """Check every operation's gradients; return rows (backend, operation, input, max relative
+    error, None) in order: the reference pairs, then the fast ones (each against finite
+    differences, then "= reference": against the reference pair).
+
+    An operation whose code raises NotImplementedError (in a course's student copy) gives one
+    row (backend, operation, "-", nan, exercise) instead."""
+    from skscratch.gradcheck_cases import (  # which build on this module's tools
+        Case,
+        centred_difference_error,
+        cross_entropy_error,
+        fast_cases,
+        reference_cases,
+        sk_case,
+    )
+
     rng = np.random.default_rng(seed)
-    checks = [
-        (name, lambda f=forward, b=backward, i=inputs, x=fixed: check_gradients(
-            f, b, i, fixed=x, seed=seed
-        ))
-        for name, forward, backward, inputs, fixed in _operation_cases(rng)
-    ]  # fmt: skip
-    checks.append(("softmax cross-entropy", lambda: _cross_entropy_error(rng)))
-    for branches, stride in [(2, 1), (3, 2)]:
-        checks.append(
-            (
-                f"SK unit M={branches} stride {stride}",
-                lambda m=branches, s=stride: check_sk_unit(rng, branches=m, stride=s),
-            )
+    reference = reference_cases(rng)
+    sk_options = [dict(branches=2, stride=1), dict(branches=3, stride=2)]
+    sk_seeds = [int(rng.integers(2**31)) for _ in sk_options]
+    checks: list[tuple[str, str, Callable[[], dict[str, float]]]] = []
+
+    def gradients(case: Case) -> Callable[[], dict[str, float]]:
+        return lambda: check_gradients(
+            case.forward, case.backward, case.inputs, fixed=case.fixed, seed=seed
         )
-    rows = []
-    for name, check in checks:
+
+    if "reference" in backends:
+        checks += [("reference", case.name, gradients(case)) for case in reference]
+        checks.append(("reference", "softmax cross-entropy", lambda: cross_entropy_error(rng)))
+        for options, s in zip(sk_options, sk_seeds, strict=True):
+            case = sk_case(np.random.default_rng(s), "reference", **options)
+            checks.append(("reference", case.name, gradients(case)))
+        checks.append(
+            ("reference", "gradient checking exercise", lambda: centred_difference_error(rng))
+        )
+    if "fast" in backends:
+        for fast_case, ref_case in fast_cases(reference, rng):
+            checks.append(("fast", fast_case.name, gradients(fast_case)))
+            checks.append(
+                ("fast", fast_case.name,
+                 lambda f=fast_case, r=ref_case: {"= reference": agreement(f, r, seed)})
+            )  # fmt: skip
+        for options, s in zip(sk_options, sk_seeds, strict=True):
+            fast_case = sk_case(np.random.default_rng(s), "fast", **options)
+            ref_case = sk_case(np.random.default_rng(s), "reference", **options)
+            checks.append(("fast", fast_case.name, gradients(fast_case)))
+            checks.append(
+                ("fast", fast_case.name,
+                 lambda f=fast_case, r=ref_case: {"= reference": agreement(f, r, seed)})
+            )  # fmt: skip
+
+    rows: list[Row] = []
+    for backend, name, check in checks:
         try:
-            rows += [(name, input_name, err) for input_name, err in check().items()]
-        except NotImplementedError:
-            rows.append((name, NOT_WRITTEN, float("nan")))
+            rows += [(backend, name, key, err, None) for key, err in check().items()]
+        except NotImplementedError as exc:
+            rows.append((backend, name, "-", float("nan"), exercise_of(exc)))
     return rows

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from skscratch import bench, cli
-from skscratch.bench import DisagreementError, _agree
+from skscratch.bench.alone import _in_subprocess
+from skscratch.bench.rows import DisagreementError, _agree, _check_twin
 
 
 def _check_result(result: dict, frameworks: tuple[str, ...]) -> None:
@@ -61,7 +62,7 @@ def test_quick_bench_against_torch_checks_and_times_both(tmp_path, capsys, monke
 
 
 def _warm_compile_times() -> dict:
-    warm = [bench._in_subprocess("first-step") for _ in range(2)]
+    warm = [_in_subprocess("first-step") for _ in range(2)]
     return {"cold": warm[0]["first"], "warm": warm[1]["first"], "later": warm[1]["second"]}
 
 
@@ -73,7 +74,6 @@ def test_disagreement_is_an_error_that_names_what_differs():
 
 def test_a_twin_with_other_weights_is_caught():
     torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install torch)")
-    from skscratch.bench import _check_twin
     from skscratch.interop.torch import to_torch
     from skscratch.models import PRESETS, SKResNeXt
 
