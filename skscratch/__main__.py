@@ -1,3 +1,5 @@
+"""`python -m skscratch <command>`: the command line of skscratch.cli."""
+
 import sys
 
 from skscratch.cli import main

@@ -1,4 +1,9 @@
-"""The command line: `python -m skscratch <command>` (also installed as `skscratch`)."""
+"""The command line: `python -m skscratch <command>` (also installed as `skscratch`).
+
+This is the entry point, so it is where process-wide settings are made: `main` calls
+`skscratch.tuning.tune_process()` first, before anything loads NumPy (this module imports nothing
+that does at the top; each command imports what it needs when it runs).
+"""
 
 from __future__ import annotations
 
@@ -9,24 +14,40 @@ import os
 import sys
 from pathlib import Path
 
+from skscratch import tuning
+from skscratch.backends import BACKENDS
+
 TOLERANCE = 1e-6
 
 
-def _gradcheck(args: argparse.Namespace) -> int:
-    from skscratch.gradcheck import NOT_WRITTEN, check_all_operations
+class UsageError(Exception):
+    """A command asked for something it cannot do as given (a missing optional dependency, an
+    unwritable output path): the user can fix it, so it is reported in one line."""
 
-    rows = check_all_operations(seed=args.seed)
-    width = max(len(op) for op, _, _ in rows)
-    name_width = max(len(name) for _, name, _ in rows)
-    print(f"{'operation':<{width}}  {'input':<{name_width}}  {'max rel error':>13}  result")
+
+def _gradcheck(args: argparse.Namespace) -> int:
+    from skscratch.gradcheck import check_all_operations
+
+    backends = BACKENDS if args.backend is None else (args.backend,)
+    rows = check_all_operations(seed=args.seed, backends=backends)
+    titles = ("backend", "operation", "input")
+    labels = [(backend, operation, name or "-") for backend, operation, name, _, _ in rows]
+    widths = [max(map(len, column)) for column in zip(titles, *labels, strict=True)]
+
+    def line(cells: tuple[str, ...], error: str, result: str) -> str:
+        padded = (f"{cell:<{width}}" for cell, width in zip(cells, widths, strict=True))
+        return "  ".join([*padded, f"{error:>13}", result])
+
+    print(line(titles, "max rel error", "result"))
     failed = 0
-    for op, name, err in rows:
-        ok = err < args.tolerance
-        failed += not ok
-        if name == NOT_WRITTEN:
-            print(f"{op:<{width}}  {'-':<{name_width}}  {'':>13}  {NOT_WRITTEN}")
+    for label, (*_, error, exercise) in zip(labels, rows, strict=True):
+        if exercise is not None:  # a student copy's function that raised NotImplementedError
+            failed += 1
+            print(line(label, "", f"not written yet (exercise {exercise})"))
             continue
-        print(f"{op:<{width}}  {name:<{name_width}}  {err:13.2e}  {'pass' if ok else 'FAIL'}")
+        ok = error < args.tolerance  # False for NaN
+        failed += not ok
+        print(line(label, f"{error:.2e}", "pass" if ok else "FAIL"))
     print(f"\n{len(rows) - failed} of {len(rows)} gradients within {args.tolerance:g} (float64)")
     return 1 if failed else 0
 
@@ -50,11 +71,16 @@ def _train(args: argparse.Namespace) -> int:
     )
     data = load_cifar10(args.data)
     model_config = PRESETS[args.model]
-    if not args.resume:
-        model = SKResNeXt(model_config)
+    if args.resume:
+        print(f"resuming the run in {args.out} on the {args.backend} backend")
+    else:
+        # Counted on the reference backend: the count is the same on both, and a forward pass
+        # on the fast one would compile its kernels here, before the first step that reports it.
+        model = SKResNeXt(model_config, backend="reference")
         print(
             f"model {args.model}: {model.num_parameters():,} parameters, "
-            f"{count_macs(model) / 1e6:.1f} M multiply-adds per image"
+            f"{count_macs(model) / 1e6:.1f} M multiply-adds per image, "
+            f"on the {args.backend} backend"
         )
     try:
         history = run_training(
@@ -64,6 +90,7 @@ def _train(args: argparse.Namespace) -> int:
             config=config,
             resume=args.resume,
             progress=not args.quiet,
+            backend=args.backend,
         )
     except KeyboardInterrupt:
         print(f"stopped; continue with: skscratch train --out {args.out} --resume")
@@ -77,13 +104,10 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from skscratch._memory import reuse_freed_memory
-
-    reuse_freed_memory()
     from skscratch.data import load_cifar10
     from skscratch.train import evaluate, load_model
 
-    model, mean, std = load_model(args.checkpoint)
+    model, mean, std = load_model(args.checkpoint, backend=args.backend)
     data = load_cifar10(args.data)
     result = evaluate(model, data.x_test, data.y_test, mean, std)
     print(
@@ -96,14 +120,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from skscratch._memory import reuse_freed_memory
-
-    reuse_freed_memory()
     from skscratch.analysis import attention_by_scale, plot_results, write_results
     from skscratch.data import load_cifar10
     from skscratch.train import load_model
 
-    model, mean, std = load_model(args.checkpoint)
+    model, mean, std = load_model(args.checkpoint, backend=args.backend)
     data = load_cifar10(args.data)
     images = data.x_test[: args.subset]
     result = attention_by_scale(model, images, mean, std, factors=tuple(args.factors))
@@ -128,16 +149,21 @@ def _bench(args: argparse.Namespace) -> int:
         try:
             import torch  # noqa: F401
         except ImportError:
-            raise ValueError(
+            raise UsageError(
                 "--compare torch needs PyTorch: pip install torch (the CPU build will do)"
             ) from None
     if args.json and not os.access(Path(args.json).resolve().parent, os.W_OK):
         # Found out now, not after minutes of timing.
-        raise ValueError(f"cannot write {args.json}: its folder is missing or not writable")
+        raise UsageError(f"cannot write {args.json}: its folder is missing or not writable")
     settings = Settings.quick() if args.quick else Settings.full()
     if args.repeats:
         settings = dataclasses.replace(settings, repeats=args.repeats)
-    result = run(settings, compare=args.compare, progress=lambda s: print(s, file=sys.stderr))
+    result = run(
+        settings,
+        compare=args.compare,
+        backend=args.backend or "fast",
+        progress=lambda s: print(s, file=sys.stderr),
+    )
     print(format_report(result))
     if args.json:
         from skscratch.checkpoint import atomic_write
@@ -152,7 +178,7 @@ def _assignment(args: argparse.Namespace) -> int:
     try:
         from skscratch import assignment
     except ImportError as exc:  # in a student copy
-        raise ValueError(str(exc)) from None
+        raise UsageError(str(exc)) from None
     if args.action == "make":
         exercises = assignment.parse_exercises(args.exercises)
         out = assignment.make(args.outdir, exercises)
@@ -215,9 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tolerance", type=float, default=TOLERANCE, help="largest relative error that passes"
     )
+    _backend_option(p, None, "check only this backend's pairs: reference or fast (default: both)")
     p.set_defaults(run=_gradcheck)
 
     from skscratch.models import PRESETS
+    from skscratch.train import SCHEDULES, TrainConfig
+
+    defaults = TrainConfig()
 
     p = commands.add_parser(
         "train",
@@ -238,31 +268,47 @@ def build_parser() -> argparse.ArgumentParser:
         default="default",
         help="network configuration (default: %(default)s)",
     )
-    p.add_argument("--epochs", type=_positive, default=30, help="default: %(default)s")
-    p.add_argument("--batch-size", type=_positive, default=128, help="default: %(default)s")
+    p.add_argument("--epochs", type=_positive, default=defaults.epochs, help="default: %(default)s")
     p.add_argument(
-        "--lr", type=_positive_float, default=0.1, help="peak learning rate (default: %(default)s)"
+        "--batch-size", type=_positive, default=defaults.batch_size, help="default: %(default)s"
     )
-    p.add_argument("--weight-decay", type=float, default=5e-4, help="default: %(default)s")
     p.add_argument(
-        "--warmup", type=float, default=1.0, help="warm-up length in epochs (default: %(default)s)"
+        "--lr",
+        type=_positive_float,
+        default=defaults.lr,
+        help="peak learning rate (default: %(default)s)",
+    )
+    p.add_argument(
+        "--weight-decay", type=float, default=defaults.weight_decay, help="default: %(default)s"
+    )
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=defaults.warmup_epochs,
+        help="warm-up length in epochs (default: %(default)s)",
     )
     p.add_argument(
         "--schedule",
-        choices=("onecycle", "cosine"),
-        default="onecycle",
+        choices=SCHEDULES,
+        default=defaults.schedule,
         help="decay after warm-up (default: %(default)s)",
     )
     p.add_argument("--subset", type=_positive, help="train on the first N training images")
     p.add_argument("--test-subset", type=_positive, help="evaluate on the first N test images")
     p.add_argument("--no-augment", action="store_true", help="no random crops and flips")
-    p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    p.add_argument("--seed", type=int, default=defaults.seed, help="default: %(default)s")
     p.add_argument(
         "--resume",
         action="store_true",
         help="continue the run in --out from its checkpoint (its settings win)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _backend_option(
+        p,
+        "fast",
+        "train with the plain-NumPy pairs (reference) or the compiled ones (fast) "
+        "(default: %(default)s)",
+    )
     p.set_defaults(run=_train)
 
     p = commands.add_parser(
@@ -272,6 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("checkpoint", help="a checkpoint.npz written by skscratch train")
     p.add_argument("--data", help="cifar-10-python.tar.gz or its folder")
+    _backend_option(
+        p,
+        "fast",
+        "run the plain-NumPy pairs (reference) or the compiled ones (fast) (default: %(default)s)",
+    )
     p.set_defaults(run=_evaluate)
 
     p = commands.add_parser(
@@ -291,6 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=[1.0, 1.5, 2.0],
         help="enlargement factors (default: 1.0,1.5,2.0)",
     )
+    _backend_option(
+        p,
+        "fast",
+        "run the plain-NumPy pairs (reference) or the compiled ones (fast) (default: %(default)s)",
+    )
     p.set_defaults(run=_analyze)
 
     p = commands.add_parser(
@@ -309,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small shapes, one repeat")
     p.add_argument("--repeats", type=_positive, help="timed runs per benchmark (default: 7)")
     p.add_argument("--json", help="also write the results to this JSON file")
+    _backend_option(p, None, "the backend whose operations and steps are timed (default: fast)")
     p.set_defaults(run=_bench)
 
     p = commands.add_parser(
@@ -334,16 +391,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _backend_option(parser: argparse.ArgumentParser, default: str | None, help: str) -> None:
+    parser.add_argument("--backend", choices=BACKENDS, default=default, help=help)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """The errors skscratch raises for what the user can fix: bad data, a damaged checkpoint,
+    a run that cannot go on, a settings or usage mistake. Any other exception is a bug and
+    keeps its traceback, even a ValueError (which NumPy raises too)."""
     from skscratch.checkpoint import CheckpointError
     from skscratch.data import DataError
-    from skscratch.train import TrainingError
+    from skscratch.train import ConfigError, TrainingError
 
+    errors = (UsageError, DataError, CheckpointError, TrainingError, ConfigError)
+    try:
+        from skscratch.assignment import AssignmentError
+    except ImportError:  # a student copy has no assignment tools
+        return errors
+    return (*errors, AssignmentError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    # First, before NumPy loads: OpenBLAS reads its settings then (see skscratch.tuning).
+    tuning.tune_process()
     parser = build_parser()
     args = parser.parse_args(argv)
+    user_errors = _user_errors()
     try:
         return args.run(args)
-    except (DataError, CheckpointError, TrainingError, ValueError) as exc:
+    except user_errors as exc:
         # Errors that the user can fix: one line, no traceback.
         print(f"skscratch {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -291,3 +291,148 @@ def test_a_run_writes_files_others_may_read_under_umask_022(tmp_path, umask):
     train(out)
     for name in ("checkpoint.npz", "metrics.jsonl", "curves.png"):
         assert stat.S_IMODE((out / name).stat().st_mode) == 0o644, name
+
+
+# -------------------------------------------------------------- what the command line reports
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--weight-decay", "-1"], "weight decay must not be negative, got -1.0"),
+        (["--warmup", "-0.5"], "warm-up must not be negative"),
+    ],
+)
+def test_a_setting_training_cannot_use_is_one_line_and_status_2(capsys, tmp_path, option, message):
+    from skscratch import cli
+
+    out = tmp_path / "run"
+    code = cli.main(["train", "--out", str(out), "--data", str(tmp_path / "none"), *option])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("skscratch train: error: ") and message in err, err
+    assert not out.exists()
+
+
+def test_a_valueerror_from_inside_is_a_bug_and_keeps_its_traceback(tmp_path, monkeypatch):
+    """skscratch's own errors become one line; a ValueError such as NumPy raises on mismatched
+    shapes is not one of them, and must reach the user whole."""
+    import skscratch.train
+    from skscratch import cli
+
+    def broken_step(*args):
+        raise ValueError("operands could not be broadcast together with shapes (8,16) (8,32)")
+
+    monkeypatch.setattr(skscratch.train, "train_step", broken_step)
+    archive = write_archive(tmp_path / "cifar-10-python.tar.gz", fake_cifar(n_train=20))
+    args = ["train", "--data", str(archive), "--out", str(tmp_path / "run"), *TRAIN_ARGS, "--quiet"]
+    with pytest.raises(ValueError, match="could not be broadcast") as info:
+        cli.main(args)
+    assert any(entry.name == "broken_step" for entry in info.traceback)
+
+
+def test_a_valueerror_from_inside_prints_a_traceback_from_the_command_line(tmp_path):
+    code = (
+        "import sys, skscratch.data\n"
+        "def broken(*args, **kwargs):\n"
+        "    raise ValueError('shapes (3,) and (4,) not aligned')\n"
+        "skscratch.data.load_cifar10 = broken\n"
+        "from skscratch.cli import main\n"
+        "sys.exit(main(['evaluate', 'x.npz']))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_env(), cwd=tmp_path
+    )
+    # evaluate loads the checkpoint first: the missing one is a one-line error, not the bug.
+    assert result.returncode == 2 and "checkpoint not found" in result.stderr
+    code = code.replace("['evaluate', 'x.npz']", "['train', '--out', 'run']")
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_env(), cwd=tmp_path
+    )
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "not aligned" in result.stderr
+
+
+def test_the_entry_point_tunes_the_process_before_numpy_loads(tmp_path):
+    """`python -m skscratch` reaches main() with NumPy not yet imported, and main's first act is
+    tune_process(), so OpenBLAS reads OPENBLAS_THREAD_TIMEOUT when NumPy then loads it."""
+    probe = (
+        "import runpy, sys, skscratch.tuning as t\n"
+        "real = t.tune_process\n"
+        "def probe():\n"
+        "    print('numpy loaded' if 'numpy' in sys.modules else 'numpy not loaded')\n"
+        "    return real()\n"
+        "t.tune_process = probe\n"
+        "sys.argv = ['skscratch', 'train', '--help']\n"
+        "runpy.run_module('skscratch', run_name='__main__')\n"
+    )
+    env = {k: v for k, v in _env().items() if k not in ("OPENBLAS_THREAD_TIMEOUT",)}
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("numpy not loaded\n"), result.stdout
+    assert "--backend {reference,fast}" in result.stdout
+
+
+def test_the_console_script_imports_no_numpy_before_main():
+    check = "import sys; from skscratch.cli import main; print('numpy' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr
+
+
+def test_a_run_as_a_library_changes_nothing_in_the_process(tmp_path, monkeypatch):
+    """run_training leaves environment variables and the allocator to the entry point."""
+    import skscratch.tuning
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("run_training changed process-wide settings")
+
+    monkeypatch.setattr(skscratch.tuning, "tune_process", refuse)
+    monkeypatch.setattr(skscratch.tuning, "reuse_freed_memory", refuse)
+    environ = dict(os.environ)
+    train(tmp_path / "run")
+    assert dict(os.environ) == environ
+
+
+def test_gradcheck_passes_the_backends_and_counts_unwritten_functions_as_failures(
+    capsys, monkeypatch
+):
+    import skscratch.gradcheck
+    from skscratch import cli
+
+    calls = []
+
+    def fake_check(*, seed, backends):
+        calls.append((seed, backends))
+        return [
+            (backends[0], "relu", "x", 3e-11, None),
+            (backends[0], "conv2d 3x3 grouped", "w", float("nan"), "conv"),
+        ]
+
+    monkeypatch.setattr(skscratch.gradcheck, "check_all_operations", fake_check, raising=False)
+    assert cli.main(["gradcheck", "--seed", "4"]) == 1
+    capsys.readouterr()
+    assert cli.main(["gradcheck", "--backend", "fast"]) == 1
+    assert calls == [(4, ("reference", "fast")), (0, ("fast",))]
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[1].split() == ["fast", "relu", "x", "3.00e-11", "pass"]
+    assert lines[2].endswith("not written yet (exercise conv)") and "conv2d" in lines[2]
+    assert lines[-1] == "1 of 2 gradients within 1e-06 (float64)"
+
+
+def test_bench_passes_the_backend(capsys, monkeypatch):
+    import skscratch.bench
+    from skscratch import cli
+
+    calls = []
+
+    def fake_run(settings, *, compare, backend, progress):
+        calls.append((compare, backend))
+        return {"backend": backend}
+
+    monkeypatch.setattr(skscratch.bench, "run", fake_run)
+    monkeypatch.setattr(skscratch.bench, "format_report", lambda result: f"report {result}")
+    assert cli.main(["bench", "--quick"]) == 0
+    assert cli.main(["bench", "--quick", "--backend", "reference"]) == 0
+    assert calls == [(None, "fast"), (None, "reference")]
+    assert "report {'backend': 'reference'}" in capsys.readouterr().out

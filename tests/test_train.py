@@ -466,6 +466,74 @@ def test_evaluate_command_prints_accuracy_and_every_class(runs, archive, fake_da
         assert line.split()[-1] == f"{acc:.4f}"
 
 
+# ------------------------------------------------------------------------------- backends
+
+# One epoch of the tiny preset on 48 of the fake images: 6 steps of 8.
+BACKEND_ARGS = [
+    "--model", "tiny", "--subset", "48", "--test-subset", "20", "--batch-size", "8",
+    "--epochs", "1", "--quiet",
+]  # fmt: skip
+
+
+def test_the_reference_backend_trains_end_to_end(capsys, tmp_path, archive, fake_data):
+    out = tmp_path / "run"
+    code, stdout, err = main(
+        capsys, "train", "--data", archive, "--out", out, *BACKEND_ARGS, "--backend", "reference"
+    )
+    assert code == 0, err
+    assert "on the reference backend" in stdout.splitlines()[0]
+    assert {"checkpoint.npz", "metrics.jsonl", "curves.png"} <= {p.name for p in out.iterdir()}
+    assert "backend" not in load_checkpoint(out / "checkpoint.npz")[0]  # not part of the model
+    code, stdout, err = main(
+        capsys, "evaluate", out / "checkpoint.npz", "--data", archive, "--backend", "reference"
+    )
+    assert code == 0, err
+    assert stdout.startswith("test accuracy")
+
+    # The checkpoint's model computes the same function on either backend.
+    x = normalize(fake_data.x_test[:8], *load_model(out / "checkpoint.npz")[1:])
+    logits = {
+        backend: load_model(out / "checkpoint.npz", backend=backend)[0].forward(x)
+        for backend in ("reference", "fast")
+    }
+    np.testing.assert_allclose(logits["fast"], logits["reference"], rtol=1e-4, atol=1e-4)
+
+
+def test_a_run_stopped_on_the_reference_backend_resumes_on_the_fast_one(
+    capsys, monkeypatch, tmp_path, archive
+):
+    """Ctrl-C after the third of 6 steps (a SIGINT to this process, which the run's handler
+    turns into a stop after the step), then --resume with the default backend."""
+    import skscratch.train as train_module
+
+    real_step, backends = train_module.train_step, []
+
+    def step_then_interrupt(model, optimizer, x, y):
+        backends.append(model.backend)
+        result = real_step(model, optimizer, x, y)
+        if len(backends) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(train_module, "train_step", step_then_interrupt)
+    out = tmp_path / "run"
+    args = ("train", "--data", archive, "--out", out, *BACKEND_ARGS)
+    code, stdout, _ = main(capsys, *args, "--backend", "reference")
+    assert code == 130
+    assert "SIGINT: saved a resumable checkpoint" in stdout
+    stopped = load_checkpoint(out / "checkpoint.npz")[0]
+    assert stopped["position"]["epoch"] == 0 and stopped["position"]["batch"] == 3
+
+    code, stdout, err = main(capsys, *args, "--resume")
+    assert code == 0, err
+    assert "on the fast backend" in stdout
+    assert backends == ["reference"] * 3 + ["fast"] * 3
+    meta = load_checkpoint(out / "checkpoint.npz")[0]
+    assert meta["position"]["epoch"] == 1 and len(meta["history"]) == 1
+    # The epoch's totals carry the three steps taken before the stop.
+    assert meta["history"][0]["train_accuracy"] * 48 >= stopped["position"]["correct"]
+
+
 # ------------------------------------------------------------------------------ (d) bad input
 
 
