@@ -81,7 +81,7 @@ class TrainConfig:
     augment: bool = True
 
     def __post_init__(self):
-        # `not x >= 0` rather than `x < 0`, so that NaN is refused too.
+        # Ranges as `not low <= x < high`: NaN fails every comparison, so it is refused too.
         if self.epochs < 1:
             raise ConfigError(f"epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 2:
@@ -265,7 +265,7 @@ class _Run:
     position: Position
     history: list[dict]  # one dict per finished epoch
     progress: bool  # show progress bars and a line per epoch
-    steps: int = 0  # steps taken by this process (the first compiles the kernels)
+    steps: int = 0  # steps run_training has taken in this call (the first compiles kernels)
 
     @property
     def checkpoint(self) -> Path:
@@ -273,7 +273,7 @@ class _Run:
 
     @property
     def n_batches(self) -> int:
-        """Batches per epoch: only full ones (batch norm and the schedule want equal sizes)."""
+        """Batches per epoch: full ones only (the rest of the shuffled order is left out)."""
         return len(self.x_train) // self.config.batch_size
 
 
@@ -419,8 +419,8 @@ def _logged_step(run: _Run, order: NDArray, bar: tqdm, started: float) -> None:
 
 
 def _train_batch(run: _Run, x: NDArray, y: NDArray, bar: tqdm) -> tuple[float, int]:
-    """train_step; around the first step of this process on the fast backend, also say how many
-    kernels numba compiled for it and how long it took, which explains a slow first step."""
+    """train_step; around the first step of a run_training call on the fast backend, also say
+    how many kernels numba compiled for it and how long it took, which explains a slow step."""
     if run.steps > 0 or run.model.backend != "fast":
         run.steps += 1
         return train_step(run.model, run.optimizer, x, y)
