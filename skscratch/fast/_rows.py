@@ -17,7 +17,6 @@ def _valid_range(offset: int, stride: int, size: int, n_out: int) -> tuple[int, 
     return lo, max(lo, hi)
 
 
-
 @njit(cache=True, inline="always")
 def _copy_every(dst, src, start, step):
     """dst[k] = src[start + k * step] for every k of dst."""
@@ -42,12 +41,10 @@ def _add_every(dst, start, step, src):
             dst[start + k * step] += src[k]
 
 
-
 @njit(cache=True, inline="always")
 def _zero(a):
     for k in range(a.size):
         a[k] = 0
-
 
 
 @njit(cache=True, inline="always")
@@ -55,4 +52,3 @@ def _put(dst, src, add):
     """dst[:] = src, or dst += src if add (1-D, of one length)."""
     for k in range(dst.size):
         dst[k] = dst[k] + src[k] if add else src[k]
-

@@ -10,27 +10,25 @@ from numpy.typing import NDArray
 
 from skscratch._checks import float_array, same_dtype, shape_is
 from skscratch.activations import ReluCache
+from skscratch.fast import memory
 
 _CHUNK = 1 << 16
 
 
 @njit(cache=True, parallel=True)
-def _relu_forward(x):
+def _relu_forward(x, out):
     """out = x where x > 0, else 0 (NaN gives 0, as np.where(x > 0, x, 0)). x: 1-D."""
-    out = np.empty_like(x)
     zero = x.dtype.type(0)
     for b in prange((x.size + _CHUNK - 1) // _CHUNK):
         src = x[b * _CHUNK : (b + 1) * _CHUNK]
         dst = out[b * _CHUNK : (b + 1) * _CHUNK]
         for k in range(src.size):
             dst[k] = src[k] if src[k] > zero else zero
-    return out
 
 
 @njit(cache=True, parallel=True)
-def _relu_forward_sum(x, r):
+def _relu_forward_sum(x, r, out):
     """The ReLU of x + r (1-D both), as `_relu_forward(x + r)` without writing x + r out."""
-    out = np.empty_like(x)
     zero = x.dtype.type(0)
     for b in prange((x.size + _CHUNK - 1) // _CHUNK):
         src = x[b * _CHUNK : (b + 1) * _CHUNK]
@@ -39,13 +37,11 @@ def _relu_forward_sum(x, r):
         for k in range(src.size):
             v = src[k] + res[k]
             dst[k] = v if v > zero else zero
-    return out
 
 
 @njit(cache=True, parallel=True)
-def _relu_backward(dout, out):
+def _relu_backward(dout, out, dx):
     """dx = dout where out > 0, else 0. Both 1-D."""
-    dx = np.empty_like(dout)
     zero = dout.dtype.type(0)
     for b in prange((dout.size + _CHUNK - 1) // _CHUNK):
         d = dout[b * _CHUNK : (b + 1) * _CHUNK]
@@ -53,13 +49,13 @@ def _relu_backward(dout, out):
         dst = dx[b * _CHUNK : (b + 1) * _CHUNK]
         for k in range(d.size):
             dst[k] = d[k] if o[k] > zero else zero
-    return dx
 
 
 def relu_forward(x: NDArray) -> tuple[NDArray, ReluCache]:
     """`skscratch.activations.relu_forward`, compiled. x: any shape."""
     x = float_array("x", x)
-    out = _relu_forward(np.ascontiguousarray(x).reshape(-1)).reshape(x.shape)
+    out = memory.empty(x.shape, x.dtype)
+    _relu_forward(np.ascontiguousarray(x).reshape(-1), out.reshape(-1))
     return out, ReluCache(out)
 
 
@@ -71,7 +67,8 @@ def add_relu_forward(x: NDArray, residual: NDArray) -> tuple[NDArray, ReluCache]
     same_dtype("residual", residual, "x", x)
     shape_is("residual", residual, x.shape)
     flat = (np.ascontiguousarray(a).reshape(-1) for a in (x, residual))
-    out = _relu_forward_sum(*flat).reshape(x.shape)
+    out = memory.empty(x.shape, x.dtype)
+    _relu_forward_sum(*flat, out.reshape(-1))
     return out, ReluCache(out)
 
 
@@ -81,4 +78,6 @@ def relu_backward(dout: NDArray, cache: ReluCache) -> NDArray:
     same_dtype("dout", dout, "the forward input", cache.out)
     shape_is("dout", dout, cache.out.shape)
     flat = (np.ascontiguousarray(a).reshape(-1) for a in (dout, cache.out))
-    return _relu_backward(*flat).reshape(dout.shape)
+    dx = memory.empty(dout.shape, dout.dtype)
+    _relu_backward(*flat, dx.reshape(-1))
+    return dx

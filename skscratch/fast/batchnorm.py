@@ -23,6 +23,7 @@ from numpy.typing import NDArray
 
 from skscratch._checks import float_array, same_dtype, shape_is
 from skscratch.batchnorm import checked_params, running_stats
+from skscratch.fast import memory
 
 # A channel's statistics are sums over every image. The kernels read x in memory order, image by
 # image, in parallel chunks of images that each keep their own per-channel sums (added at the
@@ -73,10 +74,9 @@ def _affine_relu(x, a, b, relu, zero):
 
 
 @njit(cache=True, parallel=True)
-def _bn_relu_forward(x, scale, shift, relu):
+def _bn_relu_forward(x, scale, shift, relu, out):
     """out = scale[c] * x + shift[c], then max(., 0) if relu; scale, shift (C,) in x's dtype."""
     n_img, n_ch = x.shape[0], x.shape[1]
-    out = np.empty_like(x)
     zero = x.dtype.type(0)
     for nc in prange(n_img * n_ch):
         n = nc // n_ch
@@ -86,19 +86,18 @@ def _bn_relu_forward(x, scale, shift, relu):
         a, b = scale[c], shift[c]
         for k in range(src.size):
             dst[k] = _affine_relu(src[k], a, b, relu, zero)
-    return out
 
 
 # Reassociation only (see _bn_stats): contraction into fused multiply-adds would round the
 # recomputed output differently from the forward's, and move the ReLU's kink.
 @njit(cache=True, parallel=True, fastmath={"reassoc"})
-def _bn_relu_backward(dout, x, scale, shift, mean, inv_std, gamma, relu, training):
+def _bn_relu_backward(dout, x, scale, shift, mean, inv_std, gamma, relu, training, dx):
     """Batch-norm (+ ReLU) backward from the saved input x and the forward's scale and shift.
 
     g = dout masked where the output scale * x + shift was <= 0 (if relu); xhat = (x - mean) *
     inv_std; then per channel dbeta = sum g, dgamma = sum g * xhat, and
     dx = gamma * inv_std * (g - dbeta / m - xhat * dgamma / m)   (training; without the two
-    mean terms in evaluation mode). Returns dx, dgamma, dbeta.
+    mean terms in evaluation mode), into dx. Returns dgamma, dbeta.
     """
     n_img, n_ch = x.shape[0], x.shape[1]
     m = n_img * x.shape[2] * x.shape[3]
@@ -122,7 +121,6 @@ def _bn_relu_backward(dout, x, scale, shift, mean, inv_std, gamma, relu, trainin
     total = sums.sum(axis=0)
     dbeta = total[0].astype(x.dtype)
     dgamma = (total[1] * inv_std).astype(x.dtype)  # sum of g * xhat
-    dx = np.empty_like(x)
     for nc in prange(n_img * n_ch):
         n = nc // n_ch
         c = nc % n_ch
@@ -137,7 +135,7 @@ def _bn_relu_backward(dout, x, scale, shift, mean, inv_std, gamma, relu, trainin
             g = d[k] if (not relu or _affine_relu(xs[k], a, b, relu, zero) > zero) else zero
             xhat = (xs[k] - mu) * istd
             dst[k] = coef * (g - mean_g - xhat * mean_gx)
-    return dx, dgamma, dbeta
+    return dgamma, dbeta
 
 
 class BatchNormReluCache(NamedTuple):
@@ -181,7 +179,8 @@ def batchnorm_relu_forward(
     scale = params["gamma"] * inv_std
     shift = params["beta"] - mu * scale
     scale, shift = scale.astype(x.dtype), shift.astype(x.dtype)
-    out = _bn_relu_forward(x, scale, shift, relu)
+    out = memory.empty(x.shape, x.dtype)
+    _bn_relu_forward(x, scale, shift, relu, out)
     cache = BatchNormReluCache(
         x, scale, shift, mu.astype(x.dtype), inv_std.astype(x.dtype), params["gamma"],
         training, relu, ndim,
@@ -198,8 +197,9 @@ def batchnorm_relu_backward(
     same_dtype("dout", dout, "the forward input", x)
     shape_is("dout", dout, x.shape[:ndim])
     dout = np.ascontiguousarray(dout).reshape(x.shape)
-    dx, dgamma, dbeta = _bn_relu_backward(
-        dout, x, scale, shift, mean, inv_std, gamma, relu, training
+    dx = memory.empty(x.shape, x.dtype)
+    dgamma, dbeta = _bn_relu_backward(
+        dout, x, scale, shift, mean, inv_std, gamma, relu, training, dx
     )
     return dx.reshape(dx.shape[:ndim]), dgamma, dbeta
 

@@ -28,7 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from skscratch.conv import checked_conv_args, checked_dout
-from skscratch.fast import direct_backward, direct_forward
+from skscratch.fast import direct_backward, direct_forward, memory
 from skscratch.fast.im2col import col2im, im2col
 from skscratch.fast.phases import _pad_phases, _spread_rows, phase_geometry
 
@@ -79,8 +79,9 @@ def conv2d_forward(
         out = _direct_forward(cache)
     else:
         cols = _columns(cache)  # (N, G, K, L)
-        out = np.matmul(w.reshape(groups, c_out // groups, -1), cols)  # (N, G, C_out/G, L)
-        out = out.reshape(x.shape[0], c_out, *cache.out_size)
+        out = memory.empty((x.shape[0], c_out, *cache.out_size), x.dtype)
+        out_g = out.reshape(x.shape[0], groups, c_out // groups, -1)  # (N, G, C_out/G, L)
+        np.matmul(w.reshape(groups, c_out // groups, -1), cols, out=out_g)
     if b is not None:
         out += np.asarray(b)[None, :, None, None]
     return out, cache
@@ -123,7 +124,8 @@ def conv2d_backward(
     dw = np.matmul(dout_g, cols.transpose(0, 1, 3, 2)).sum(axis=0).reshape(w.shape)
     if not input_grad:
         return None, dw, db
-    dcols = np.matmul(w_g.transpose(0, 2, 1), dout_g)  # (N, G, K, L)
+    dcols = memory.empty(cols.shape, x.dtype)  # (N, G, K, L)
+    np.matmul(w_g.transpose(0, 2, 1), dout_g, out=dcols)
     window = dict(stride=cache.stride, padding=cache.padding, dilation=cache.dilation)
     dx = col2im(dcols.reshape(n, c_in * kh * kw, length), x.shape, kh, kw, **window)
     return dx, dw, db
@@ -147,17 +149,28 @@ def _phases(cache: ConvCache):
     )  # fmt: skip
 
 
+def _padded_phases(x: NDArray, cache: ConvCache, g) -> NDArray:
+    """x zero-padded and split into its stride phases (C, sh*sw, N * size), in scratch memory."""
+    (sh, sw), (n, c) = cache.stride, x.shape[:2]
+    xq = memory.empty((c, sh * sw, n * g.size), x.dtype)
+    _pad_phases(x, *cache.padding, sh, sw, g.wq, g.size, xq)
+    return xq
+
+
 def _direct_forward(cache: ConvCache) -> NDArray:
     x, w, g = cache.x, cache.w, _phases(cache)
+    out = memory.empty((x.shape[0], w.shape[0], *cache.out_size), x.dtype)
     if w.shape[2:] == (3, 3):  # the same, unrolled over the nine taps, padding as it goes
-        return direct_forward._conv3x3_direct_forward(
+        direct_forward._conv3x3_direct_forward(
             np.ascontiguousarray(x), w, cache.groups, *cache.padding, *cache.stride,
-            *cache.out_size, g.wq, g.size, g.block, g.phase, g.offset,
+            *cache.out_size, g.wq, g.size, g.block, g.phase, g.offset, out,
         )  # fmt: skip
-    xq = _pad_phases(x, *cache.padding, *cache.stride, g.wq, g.size)
-    return direct_forward._conv_direct_forward(
-        xq, w, cache.groups, *cache.out_size, g.wq, g.size, g.block, g.phase, g.offset
-    )
+        return out
+    direct_forward._conv_direct_forward(
+        _padded_phases(x, cache, g), w, cache.groups, *cache.out_size, g.wq, g.size, g.block,
+        g.phase, g.offset, out,
+    )  # fmt: skip
+    return out
 
 
 def _direct_backward(
@@ -167,11 +180,13 @@ def _direct_backward(
     kh, kw = w.shape[2:]
     three = (kh, kw) == (3, 3)  # kernels unrolled over the nine taps
     lead = int(g.offset.max())  # zeros before the first image, for the stride-1 gather
-    dspread = _spread_rows(np.ascontiguousarray(dout), g.wq, g.size, lead)
+    n, c_out = dout.shape[:2]
+    dspread = memory.empty((c_out, lead + n * g.size), dout.dtype)
+    _spread_rows(np.ascontiguousarray(dout), g.wq, g.size, lead, dspread)
     dx = None
     if input_grad:
         add = add_to is not None
-        dx = add_to if add else np.empty(x.shape, dtype=x.dtype)
+        dx = add_to if add else memory.empty(x.shape, x.dtype)
         head = (dx, add, dspread, w, cache.groups, *cache.padding)
         (dil_h, dil_w), block = cache.dilation, g.block
         if three and cache.stride == (1, 1):
@@ -186,7 +201,7 @@ def _direct_backward(
             direct_backward._conv_direct_backward_data(
                 *head, *cache.stride, g.wq, g.size, block, g.phase, g.offset, lead
             )
-    xq = _pad_phases(x, *cache.padding, *cache.stride, g.wq, g.size)
+    xq = _padded_phases(x, cache, g)
     if three:
         dw = direct_backward._conv3x3_direct_backward_weight(
             xq, dspread, cache.groups, g.size, g.block, g.phase, g.offset, lead

@@ -45,7 +45,6 @@ def _conv_direct_backward_data(
             _unpad_phases(dx[n0 : n0 + nb, g * c_in_g + ci], acc, ph, pw, sh, sw, wq, size, add)
 
 
-
 @njit(cache=True, parallel=True, fastmath={"contract"})
 def _conv3x3_direct_backward_data_stride2(
     dx, add, dspread, w, groups, ph, pw, wq, size, block, back, lead, odd
@@ -210,4 +209,3 @@ def _conv3x3_direct_backward_weight(xq, dspread, groups, size, block, phase, off
                 dwt[co, ci, 2, 1] += s7
                 dwt[co, ci, 2, 2] += s8
     return dwt.astype(xq.dtype)
-

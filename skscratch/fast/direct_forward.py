@@ -13,14 +13,13 @@ from skscratch.fast.phases import _add_nine_taps, _fill_phases, _nine_taps, _nin
 
 
 @njit(cache=True, parallel=True, fastmath={"contract"})
-def _conv_direct_forward(xq, w, groups, ho, wo, wq, size, block, phase, offset):
+def _conv_direct_forward(xq, w, groups, ho, wo, wq, size, block, phase, offset, out):
     """out[n, co] = sum over the group's ci and taps of w[co, ci, i, j] * shifted xq[ci] (image n),
-    for blocks of `block` images at a time."""
+    for blocks of `block` images at a time. out: (N, C_out, HO, WO), written whole."""
     n_img = xq.shape[2] // size
     c_out, c_in_g, kh, kw = w.shape
     c_out_g = c_out // groups
     n_blocks = (n_img + block - 1) // block
-    out = np.empty((n_img, c_out, ho, wo), dtype=xq.dtype)
     for bg in prange(n_blocks * groups):
         n0 = bg // groups * block
         g = bg % groups
@@ -40,11 +39,12 @@ def _conv_direct_forward(xq, w, groups, ho, wo, wq, size, block, phase, offset):
             for m in range(nb):
                 for y in range(ho):
                     out[n0 + m, co, y] = acc[m * size + y * wq : m * size + y * wq + wo]
-    return out
 
 
 @njit(cache=True, parallel=True, fastmath={"contract"})
-def _conv3x3_direct_forward(x, w, groups, ph, pw, sh, sw, ho, wo, wq, size, block, phase, offset):
+def _conv3x3_direct_forward(
+    x, w, groups, ph, pw, sh, sw, ho, wo, wq, size, block, phase, offset, out
+):
     """`_conv_direct_forward` for 3x3 kernels, from the unpadded x (N, C, H, W): each block pads
     its own images into a small buffer that stays in cache (rather than all of x through memory
     first), and the nine taps of an input channel go in one pass (one load and store of the
@@ -53,7 +53,6 @@ def _conv3x3_direct_forward(x, w, groups, ph, pw, sh, sw, ho, wo, wq, size, bloc
     c_out, c_in_g = w.shape[0], w.shape[1]
     c_out_g = c_out // groups
     n_blocks = (n_img + block - 1) // block
-    out = np.empty((n_img, c_out, ho, wo), dtype=x.dtype)
     for bg in prange(n_blocks * groups):
         n0 = bg // groups * block
         g = bg % groups
@@ -80,5 +79,3 @@ def _conv3x3_direct_forward(x, w, groups, ph, pw, sh, sw, ho, wo, wq, size, bloc
                     out[n0 + m, co, y] = a0[start : start + wo]
                     if pair:
                         out[n0 + m, co + 1, y] = a1[start : start + wo]
-    return out
-

@@ -10,23 +10,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 from numba import njit, prange
 from numpy.typing import NDArray
 
 from skscratch._checks import float_array, nonempty
+from skscratch.fast import memory
 from skscratch.fast._rows import _add_every, _copy_every, _valid_range, _zero
 from skscratch.im2col import checked_col2im_args, window_geometry
 
 
 @njit(cache=True, parallel=True)
-def _im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo):
+def _im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols):
     """(N, C, H, W) -> (N, C*KH*KW, HO*WO); rows ordered (c, i, j); padding reads as zero.
 
     Each output row is written once, its padding zeros included, by copying input rows into it
     (at stride 1 a contiguous copy, which the compiler vectorises)."""
     n_img, n_ch, h, w = x.shape
-    cols = np.empty((n_img, n_ch * kh * kw, ho * wo), dtype=x.dtype)
     for nc in prange(n_img * n_ch):
         n = nc // n_ch
         c = nc % n_ch
@@ -43,17 +42,15 @@ def _im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo):
                     _copy_every(row[ox_lo:ox_hi], x[n, c, oy * sh + i * dh - ph], x0, sw)
                     _zero(row[ox_hi:])
                 _zero(dst[oy_hi * wo :])
-    return cols
 
 
 @njit(cache=True, parallel=True)
-def _col2im(cols, n_ch, h, w, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo):
+def _col2im(cols, n_ch, h, w, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, dx):
     """The adjoint of `_im2col`: (N, C*KH*KW, HO*WO) -> (N, C, H, W), overlapping taps add.
 
     Each (image, channel) plane belongs to one iteration, which zeroes it and adds every tap's
     rows into it (at stride 1 a contiguous add)."""
     n_img = cols.shape[0]
-    dx = np.empty((n_img, n_ch, h, w), dtype=cols.dtype)
     for nc in prange(n_img * n_ch):
         n = nc // n_ch
         c = nc % n_ch
@@ -68,30 +65,25 @@ def _col2im(cols, n_ch, h, w, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo):
                 for oy in range(oy_lo, oy_hi):
                     row = src[oy * wo + ox_lo : oy * wo + ox_hi]
                     _add_every(dx[n, c, oy * sh + i * dh - ph], x0, sw, row)
-    return dx
-
 
 
 @njit(cache=True, parallel=True)
-def _every_stride(x, sh, sw):
+def _every_stride(x, sh, sw, out):
     """x[:, :, ::sh, ::sw] as a new array: the columns of a 1x1 window without padding."""
     n_img, n_ch, h, w = x.shape
     ho, wo = (h - 1) // sh + 1, (w - 1) // sw + 1
-    out = np.empty((n_img, n_ch, ho, wo), dtype=x.dtype)
     for nc in prange(n_img * n_ch):
         src, dst = x[nc // n_ch, nc % n_ch], out[nc // n_ch, nc % n_ch]
         for y in range(ho):
             for k in range(wo):
                 dst[y, k] = src[y * sh, k * sw]
-    return out
 
 
 @njit(cache=True, parallel=True)
-def _to_every_stride(cols, h, w, sh, sw):
+def _to_every_stride(cols, h, w, sh, sw, dx):
     """The adjoint of `_every_stride`: (N, C, HO, WO) -> (N, C, H, W) with the values at every
     (sh, sw)-th pixel and zeros between, each plane written in one pass."""
     n_img, n_ch, ho, wo = cols.shape
-    dx = np.empty((n_img, n_ch, h, w), dtype=cols.dtype)
     for nc in prange(n_img * n_ch):
         src, dst = cols[nc // n_ch, nc % n_ch], dx[nc // n_ch, nc % n_ch]
         for y in range(h):
@@ -99,7 +91,6 @@ def _to_every_stride(cols, h, w, sh, sw):
             if y % sh == 0:
                 for k in range(wo):
                     dst[y, k * sw] = src[y // sh, k]
-    return dx
 
 
 def im2col(x: NDArray, kh: int, kw: int, *, stride=1, padding=0, dilation=1) -> NDArray:
@@ -117,8 +108,12 @@ def im2col(x: NDArray, kh: int, kw: int, *, stride=1, padding=0, dilation=1) -> 
         # a strided copy otherwise.
         if (sh, sw) == (1, 1):
             return x.reshape(x.shape[0], x.shape[1], ho * wo)
-        return _every_stride(x, sh, sw).reshape(x.shape[0], x.shape[1], ho * wo)
-    return _im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo)
+        out = memory.empty((x.shape[0], x.shape[1], ho, wo), x.dtype)
+        _every_stride(x, sh, sw, out)
+        return out.reshape(x.shape[0], x.shape[1], ho * wo)
+    cols = memory.empty((x.shape[0], x.shape[1] * kh * kw, ho * wo), x.dtype)
+    _im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols)
+    return cols
 
 
 def col2im(
@@ -131,12 +126,14 @@ def col2im(
     cols, x_shape, geometry = checked_col2im_args(cols, x_shape, kh, kw, stride, padding, dilation)
     kh, kw, (sh, sw), (ph, pw), (dh, dw), (ho, wo) = geometry
     n, c, h, w = x_shape
-    if _is_pointwise(kh, kw, ph, pw):
-        if (sh, sw) == (1, 1):
-            return cols.reshape(x_shape)
-        # The pixels between the strides get nothing.
-        return _to_every_stride(cols.reshape(n, c, ho, wo), h, w, sh, sw)
-    return _col2im(cols, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo)
+    if _is_pointwise(kh, kw, ph, pw) and (sh, sw) == (1, 1):
+        return cols.reshape(x_shape)
+    dx = memory.empty(x_shape, cols.dtype)
+    if _is_pointwise(kh, kw, ph, pw):  # the pixels between the strides get nothing
+        _to_every_stride(cols.reshape(n, c, ho, wo), h, w, sh, sw, dx)
+    else:
+        _col2im(cols, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, dx)
+    return dx
 
 
 def _is_pointwise(kh, kw, ph, pw) -> bool:

@@ -61,16 +61,14 @@ def phase_geometry(x_shape, kernel, stride, padding, dilation, out_size) -> Phas
 
 
 @njit(cache=True, parallel=True)
-def _pad_phases(x, ph, pw, sh, sw, wq, size):
+def _pad_phases(x, ph, pw, sh, sw, wq, size, out):
     """(N, C, H, W) -> (C, sh*sw, N * size): the zero-padded planes split into their stride
     phases, each flattened at row width wq, the images of a channel one after another."""
     n_img, n_ch = x.shape[0], x.shape[1]
-    out = np.empty((n_ch, sh * sw, n_img * size), dtype=x.dtype)
     for nc in prange(n_img * n_ch):
         c = nc // n_img
         n = nc % n_img
         _fill_phases(out[c, :, n * size : (n + 1) * size], x[n, c], ph, pw, sh, sw, wq)
-    return out
 
 
 @njit(cache=True, inline="always")
@@ -117,14 +115,12 @@ def _fill_phases(dst, plane, ph, pw, sh, sw, wq):
             _zero(phase[done:])
 
 
-
 @njit(cache=True, parallel=True)
-def _spread_rows(dout, wq, size, lead):
+def _spread_rows(dout, wq, size, lead, out):
     """(N, C, HO, WO) -> (C, lead + N * size): each image's rows laid out at the phase width wq,
     the extra columns and the rest of its `size` zero, after `lead` zeros, so that the backward
     taps can run over whole flat planes too (and read up to `lead` values before the first)."""
     n_img, n_ch, ho, wo = dout.shape
-    out = np.empty((n_ch, lead + n_img * size), dtype=dout.dtype)
     out[:, :lead] = 0
     for nc in prange(n_img * n_ch):
         n = nc // n_ch
@@ -137,8 +133,6 @@ def _spread_rows(dout, wq, size, lead):
                 row[k] = src[k]
             _zero(row[wo:])
         _zero(plane[ho * wq :])
-    return out
-
 
 
 @njit(cache=True, inline="always")
@@ -211,4 +205,3 @@ def _nine_taps(plane, start, length, phase, offset):
         plane[phase[2, 1], start + offset[2, 1] : start + offset[2, 1] + length],
         plane[phase[2, 2], start + offset[2, 2] : start + offset[2, 2] + length],
     )
-

@@ -15,6 +15,7 @@ from numba import njit, prange
 from numpy.typing import NDArray
 
 from skscratch.activations import branch_softmax_backward, branch_softmax_forward
+from skscratch.fast import memory
 from skscratch.fast.batchnorm import batchnorm_relu_backward, batchnorm_relu_forward
 from skscratch.fast.conv import conv2d_backward, conv2d_forward
 from skscratch.linear import linear_backward, linear_forward
@@ -67,7 +68,8 @@ def sk_unit_forward(
     logits, select_cache = linear_forward(z, params["select.weight"])  # (N, M*C)
     n, c = s.shape
     a, softmax_cache = branch_softmax_forward(logits.reshape(n, n_branches, c))  # (N, M, C)
-    v = _weighted_sum(tuple(branches), a)
+    v = memory.empty(branches[0].shape, x.dtype)
+    _weighted_sum(tuple(branches), a, v)
     cache = SKCache(
         branch_caches, tuple(branches), fc_cache, fc_bn_cache, select_cache, softmax_cache, a,
         stats,
@@ -92,7 +94,8 @@ def sk_unit_backward(dout: NDArray, cache: SKCache) -> tuple[NDArray, dict[str, 
     # pixel to a_m dV instead of writing it out.
     h, w = dout.shape[2:]
     du_pixel = (ds / (h * w)).astype(dout.dtype)  # (N, C)
-    dbranches = _weighted_sum_backward_branches(dout, a, du_pixel)  # (M, N, C, H', W')
+    dbranches = memory.empty((len(branches), *dout.shape), dout.dtype)  # (M, N, C, H', W')
+    _weighted_sum_backward_branches(dout, a, du_pixel, dbranches)
     dx = None
     for m, (conv_cache, bn_relu_cache) in enumerate(cache.branch_caches):
         du, grads[f"bns.{m}.weight"], grads[f"bns.{m}.bias"] = batchnorm_relu_backward(
@@ -108,10 +111,9 @@ def sk_unit_backward(dout: NDArray, cache: SKCache) -> tuple[NDArray, dict[str, 
 
 
 @njit(cache=True, parallel=True, fastmath=True)
-def _weighted_sum(us, a):
+def _weighted_sum(us, a, v):
     """v[n, c] = sum_m a[n, m, c] * us[m][n, c], in one pass over the branches."""
     n_img, n_ch = a.shape[0], a.shape[2]
-    v = np.empty_like(us[0])
     for nc in prange(n_img * n_ch):
         n = nc // n_ch
         c = nc % n_ch
@@ -125,7 +127,6 @@ def _weighted_sum(us, a):
             weight = a[n, m, c]
             for k in range(dst.size):
                 dst[k] += weight * src[k]
-    return v
 
 
 @njit(cache=True, parallel=True, fastmath=True)
@@ -147,12 +148,11 @@ def _weighted_sum_backward_weights(dv, us):
 
 
 @njit(cache=True, parallel=True, fastmath=True)
-def _weighted_sum_backward_branches(dv, a, g):
+def _weighted_sum_backward_branches(dv, a, g, du):
     """du[m, n, c] = a[n, m, c] * dv[n, c] + g[n, c]: each branch's gradient through the
     weighted sum plus the gradient that all branches share through the fuse step's average
     pool, which is the same g[n, c] = ds[n, c] / (H * W) at every pixel."""
     n_img, n_br, n_ch = a.shape
-    du = np.empty((n_br, *dv.shape), dtype=dv.dtype)
     for nc in prange(n_img * n_ch):
         n = nc // n_ch
         c = nc % n_ch
@@ -163,4 +163,3 @@ def _weighted_sum_backward_branches(dv, a, g):
             weight = a[n, m, c]
             for k in range(d.size):
                 dst[k] = weight * d[k] + shared
-    return du
