@@ -14,6 +14,7 @@ a network runs it when it is built with `backend="fast"` (see `skscratch.backend
     batchnorm.py        batch norm, and batch norm + ReLU, fused   skscratch.batchnorm, .layers
     activations.py      ReLU, and a residual sum + ReLU, fused     skscratch.activations, .layers
     sk.py               the SK unit, and its select step fused     skscratch.sk
+    memory.py           the blocks its large arrays reuse (no allocator setting needed)
 
 Kernels are compiled on first use and cached on disk (numba's `cache=True`); they carry a
 leading underscore, the public functions that check arguments and call them do not. With the
