@@ -1,195 +1,21 @@
-"""The command line: `python -m skscratch <command>` (also installed as `skscratch`).
+"""The command line: `python -m skscratch <command>` (also installed as `skscratch`): its
+parser, how it reports errors, and `main`. What each command does is in skscratch.commands.
 
 This is the entry point, so it is where process-wide settings are made: `main` calls
-`skscratch.tuning.tune_process()` first, before anything loads NumPy (this module imports nothing
-that does at the top; each command imports what it needs when it runs).
+`skscratch.tuning.tune_process()` first, before anything loads NumPy (neither this module nor
+skscratch.commands imports anything that does at the top; each command imports what it needs
+when it runs).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
-import os
 import sys
-from pathlib import Path
 
-from skscratch import tuning
+from skscratch import commands, tuning
 from skscratch.backends import BACKENDS
 
 TOLERANCE = 1e-6
-
-
-class UsageError(Exception):
-    """A command asked for something it cannot do as given (a missing optional dependency, an
-    unwritable output path): the user can fix it, so it is reported in one line."""
-
-
-def _gradcheck(args: argparse.Namespace) -> int:
-    from skscratch.gradcheck import check_all_operations
-
-    backends = BACKENDS if args.backend is None else (args.backend,)
-    rows = check_all_operations(seed=args.seed, backends=backends)
-    titles = ("backend", "operation", "input")
-    labels = [(backend, operation, name or "-") for backend, operation, name, _, _ in rows]
-    widths = [max(map(len, column)) for column in zip(titles, *labels, strict=True)]
-
-    def line(cells: tuple[str, ...], error: str, result: str) -> str:
-        padded = (f"{cell:<{width}}" for cell, width in zip(cells, widths, strict=True))
-        return "  ".join([*padded, f"{error:>13}", result])
-
-    print(line(titles, "max rel error", "result"))
-    failed = 0
-    for label, (*_, error, exercise) in zip(labels, rows, strict=True):
-        if exercise is not None:  # a student copy's function that raised NotImplementedError
-            failed += 1
-            print(line(label, "", f"not written yet (exercise {exercise})"))
-            continue
-        ok = error < args.tolerance  # False for NaN
-        failed += not ok
-        print(line(label, f"{error:.2e}", "pass" if ok else "FAIL"))
-    print(f"\n{len(rows) - failed} of {len(rows)} gradients within {args.tolerance:g} (float64)")
-    return 1 if failed else 0
-
-
-def _train(args: argparse.Namespace) -> int:
-    from skscratch.data import load_cifar10
-    from skscratch.models import PRESETS, SKResNeXt, count_macs
-    from skscratch.train import TrainConfig, run_training
-
-    config = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        warmup_epochs=args.warmup,
-        schedule=args.schedule,
-        seed=args.seed,
-        subset=args.subset,
-        test_subset=args.test_subset,
-        augment=not args.no_augment,
-    )
-    data = load_cifar10(args.data)
-    model_config = PRESETS[args.model]
-    if args.resume:
-        print(f"resuming the run in {args.out} on the {args.backend} backend")
-    else:
-        # Counted on the reference backend: the count is the same on both, and a forward pass
-        # on the fast one would compile its kernels here, before the first step that reports it.
-        model = SKResNeXt(model_config, backend="reference")
-        print(
-            f"model {args.model}: {model.num_parameters():,} parameters, "
-            f"{count_macs(model) / 1e6:.1f} M multiply-adds per image, "
-            f"on the {args.backend} backend"
-        )
-    try:
-        history = run_training(
-            data,
-            args.out,
-            model_config=model_config,
-            config=config,
-            resume=args.resume,
-            progress=not args.quiet,
-            backend=args.backend,
-        )
-    except KeyboardInterrupt:
-        print(f"stopped; continue with: skscratch train --out {args.out} --resume")
-        return 130
-    best = max(h["test_accuracy"] for h in history)
-    print(
-        f"done: final test accuracy {history[-1]['test_accuracy']:.4f} (best {best:.4f}); "
-        f"results in {args.out}"
-    )
-    return 0
-
-
-def _evaluate(args: argparse.Namespace) -> int:
-    from skscratch.data import load_cifar10
-    from skscratch.train import evaluate, load_model
-
-    model, mean, std = load_model(args.checkpoint, backend=args.backend)
-    data = load_cifar10(args.data)
-    result = evaluate(model, data.x_test, data.y_test, mean, std)
-    print(
-        f"test accuracy {result['accuracy']:.4f} on {len(data.y_test)} images "
-        f"(loss {result['loss']:.4f})"
-    )
-    for name, acc in zip(data.label_names, result["per_class_accuracy"], strict=True):
-        print(f"  {name:<12} {acc:.4f}")
-    return 0
-
-
-def _analyze(args: argparse.Namespace) -> int:
-    from skscratch.analysis import attention_by_scale, plot_results, write_results
-    from skscratch.data import load_cifar10
-    from skscratch.train import load_model
-
-    model, mean, std = load_model(args.checkpoint, backend=args.backend)
-    data = load_cifar10(args.data)
-    images = data.x_test[: args.subset]
-    result = attention_by_scale(model, images, mean, std, factors=tuple(args.factors))
-    written = [write_results(result, args.out)]
-    for name, fig in plot_results(result).items():
-        written.append(Path(args.out) / f"{name}.png")
-        fig.savefig(written[-1], dpi=100)
-    print(
-        f"mean attention on the dilated branch minus the plain one, over {len(images)} test images:"
-    )
-    print(f"  {'SK unit':<20}" + "".join(f"{f:>9g}x" for f in args.factors))
-    for name, unit in result["units"].items():
-        print(f"  {name:<20}" + "".join(f"{v:>+10.4f}" for v in unit["mean_difference"]))
-    print("wrote " + ", ".join(str(p) for p in written))
-    return 0
-
-
-def _bench(args: argparse.Namespace) -> int:
-    from skscratch.bench import Settings, format_report, run
-
-    if args.compare == "torch":
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            raise UsageError(
-                "--compare torch needs PyTorch: pip install torch (the CPU build will do)"
-            ) from None
-    if args.json and not os.access(Path(args.json).resolve().parent, os.W_OK):
-        # Found out now, not after minutes of timing.
-        raise UsageError(f"cannot write {args.json}: its folder is missing or not writable")
-    settings = Settings.quick() if args.quick else Settings.full()
-    if args.repeats:
-        settings = dataclasses.replace(settings, repeats=args.repeats)
-    result = run(
-        settings,
-        compare=args.compare,
-        backend=args.backend or "fast",
-        progress=lambda s: print(s, file=sys.stderr),
-    )
-    print(format_report(result))
-    if args.json:
-        from skscratch.checkpoint import atomic_write
-
-        data = json.dumps(result, indent=1).encode()
-        atomic_write(Path(args.json), lambda f: f.write(data))
-        print(f"wrote {args.json}")
-    return 0
-
-
-def _assignment(args: argparse.Namespace) -> int:
-    try:
-        from skscratch import assignment
-    except ImportError as exc:  # in a student copy
-        raise UsageError(str(exc)) from None
-    if args.action == "make":
-        exercises = assignment.parse_exercises(args.exercises)
-        out = assignment.make(args.outdir, exercises)
-        print(
-            f"wrote a student copy with {len(exercises)} exercises to {out} "
-            f"(see {out / 'ASSIGNMENT.md'})"
-        )
-        return 0
-    results = assignment.grade(args.outdir, seed=args.seed)
-    print(assignment.report(results))
-    return 0 if all(r.passed == len(r.checks) for r in results) else 1
 
 
 def _factors(value: str) -> list[float]:
@@ -228,10 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="skscratch", description="Selective Kernel Networks from scratch in NumPy."
     )
-    commands = parser.add_subparsers(
+    subparsers = parser.add_subparsers(
         dest="command", required=True, metavar="command", parser_class=_Parser
     )
-    p = commands.add_parser(
+    p = subparsers.add_parser(
         "gradcheck",
         help="check every operation's backward pass against finite differences",
         description="Check every operation's hand-written gradients against centred finite "
@@ -242,14 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--tolerance", type=float, default=TOLERANCE, help="largest relative error that passes"
     )
     _backend_option(p, None, "check only this backend's pairs: reference or fast (default: both)")
-    p.set_defaults(run=_gradcheck)
+    p.set_defaults(run=commands.gradcheck)
 
     from skscratch.models import PRESETS
     from skscratch.train import SCHEDULES, TrainConfig
 
     defaults = TrainConfig()
 
-    p = commands.add_parser(
+    p = subparsers.add_parser(
         "train",
         help="train an SK-ResNeXt on CIFAR-10",
         description="Train an SK-ResNeXt on CIFAR-10 with SGD (Nesterov momentum, weight decay) "
@@ -309,9 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
         "train with the plain-NumPy pairs (reference) or the compiled ones (fast) "
         "(default: %(default)s)",
     )
-    p.set_defaults(run=_train)
+    p.set_defaults(run=commands.train)
 
-    p = commands.add_parser(
+    p = subparsers.add_parser(
         "evaluate",
         help="test accuracy of a checkpoint",
         description="Print the test accuracy of a checkpoint, overall and per class.",
@@ -323,9 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
         "fast",
         "run the plain-NumPy pairs (reference) or the compiled ones (fast) (default: %(default)s)",
     )
-    p.set_defaults(run=_evaluate)
+    p.set_defaults(run=commands.evaluate)
 
-    p = commands.add_parser(
+    p = subparsers.add_parser(
         "analyze",
         help="what the SK units select as objects grow (the paper's Section 4.5)",
         description="Enlarge the central object of the test images (1.0x, 1.5x, 2.0x), record "
@@ -347,9 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
         "fast",
         "run the plain-NumPy pairs (reference) or the compiled ones (fast) (default: %(default)s)",
     )
-    p.set_defaults(run=_analyze)
+    p.set_defaults(run=commands.analyze)
 
-    p = commands.add_parser(
+    p = subparsers.add_parser(
         "bench",
         help="time every operation, the SK unit and training steps (optionally against PyTorch)",
         description="Time each operation forward and backward by every path (NumPy reference, "
@@ -366,9 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=_positive, help="timed runs per benchmark (default: 7)")
     p.add_argument("--json", help="also write the results to this JSON file")
     _backend_option(p, None, "the backend whose operations and steps are timed (default: fast)")
-    p.set_defaults(run=_bench)
+    p.set_defaults(run=commands.bench)
 
-    p = commands.add_parser(
+    p = subparsers.add_parser(
         "assignment",
         help="make a student copy with functions to write, or grade one",
         description="make: copy skscratch with the bodies of the chosen exercises replaced by "
@@ -383,11 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated, in any order (default: all): im2col, conv, batchnorm, "
         "relu_pool_fc, branch_softmax, sk_unit, softmax_ce, gradient_checking",
     )
-    q.set_defaults(run=_assignment)
+    q.set_defaults(run=commands.assignment)
     q = actions.add_parser("grade", help="grade the student copy in OUTDIR")
     q.add_argument("outdir")
     q.add_argument("--seed", type=int, default=0, help="random seed of the checks' inputs")
-    q.set_defaults(run=_assignment)
+    q.set_defaults(run=commands.assignment)
     return parser
 
 
@@ -401,9 +227,10 @@ def _user_errors() -> tuple[type[Exception], ...]:
     keeps its traceback, even a ValueError (which NumPy raises too)."""
     from skscratch.checkpoint import CheckpointError
     from skscratch.data import DataError
-    from skscratch.train import ConfigError, TrainingError
+    from skscratch.runs import TrainingError
+    from skscratch.train import ConfigError
 
-    errors = (UsageError, DataError, CheckpointError, TrainingError, ConfigError)
+    errors = (commands.UsageError, DataError, CheckpointError, TrainingError, ConfigError)
     try:
         from skscratch.assignment import AssignmentError
     except ImportError:  # a student copy has no assignment tools

@@ -1,4 +1,4 @@
-"""Training and evaluation on CIFAR-10: the loop, checkpoints, metrics and curves.
+"""Training on CIFAR-10: the loop, and the checkpoints that let it stop and resume anywhere.
 
 One training step, written out (the whole of what "training" means):
 
@@ -15,16 +15,18 @@ the uninterrupted run exactly.
 A run trains on a backend (skscratch.backends): "fast", the compiled pairs, by default, or
 "reference", the plain-NumPy ones. The backend is how the model computes, not what it is: a
 checkpoint does not record it, and a run may be resumed on either.
+
+The loop evaluates the model after every epoch with skscratch.evaluation. What a run leaves in
+its folder (checkpoint, metrics, curves), the lock that keeps two runs out of one folder, the
+handling of Ctrl-C, and the rebuilding of a trained model from its checkpoint are in
+skscratch.runs.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import signal
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,27 +35,22 @@ from numpy.typing import NDArray
 from tqdm import tqdm
 
 from skscratch.backends import get_backend
-from skscratch.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
+from skscratch.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from skscratch.data import Cifar10, augment, channel_stats, normalize
+from skscratch.evaluation import evaluate
 from skscratch.losses import softmax_cross_entropy
 from skscratch.models import SKNetConfig, SKResNeXt
-from skscratch.nn import Module
 from skscratch.optim import SGD, learning_rate
-from skscratch.plots import pyplot
-
-try:
-    import fcntl
-except ImportError:  # Windows has no fcntl: runs there are not locked against each other
-    fcntl = None
-
-CHECKPOINT = "checkpoint.npz"
-LOCK = ".lock"
-METRICS = "metrics.jsonl"
-CURVES = "curves.png"
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (the loss diverged, or the output folder holds another run)."""
+from skscratch.runs import (
+    CHECKPOINT,
+    CURVES,
+    METRICS,
+    StopRequest,
+    TrainingError,
+    exclusive,
+    plot_history,
+    write_metrics,
+)
 
 
 class ConfigError(ValueError):
@@ -111,62 +108,6 @@ def train_step(model: SKResNeXt, optimizer: SGD, x: NDArray, y: NDArray) -> tupl
     return loss, int((logits.argmax(axis=1) == y).sum())
 
 
-def evaluate(
-    model: Module,
-    x: NDArray,
-    y: NDArray,
-    mean: NDArray,
-    std: NDArray,
-    *,
-    batch_size: int = 500,
-    num_classes: int = 10,
-) -> dict:
-    """Accuracy and loss of `model` (in evaluation mode) on uint8 images x (N, 3, 32, 32).
-
-    Returns {"loss", "accuracy", "per_class_accuracy": list of num_classes floats}.
-    """
-    training = model.training
-    model.eval()
-    loss_sum, predictions = 0.0, []
-    for start in range(0, len(x), batch_size):
-        logits = model.forward(normalize(x[start : start + batch_size], mean, std))
-        loss, _ = softmax_cross_entropy(logits, y[start : start + batch_size])
-        loss_sum += loss * len(logits)
-        predictions.append(logits.argmax(axis=1))
-    model.train(training)
-    pred = np.concatenate(predictions)
-    per_class = [
-        float(np.mean(pred[y == k] == k)) if np.any(y == k) else float("nan")
-        for k in range(num_classes)
-    ]
-    return {
-        "loss": loss_sum / len(x),
-        "accuracy": float(np.mean(pred == y)),
-        "per_class_accuracy": per_class,
-    }
-
-
-class _StopRequest:
-    """Turns SIGINT/SIGTERM into a flag the loop checks between steps, so a stop never lands
-    half-way through an update. A second Ctrl-C stops at once."""
-
-    def __init__(self):
-        self.signal: int | None = None
-
-    def __enter__(self):
-        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signal = signum
-
-    def __exit__(self, *exc):
-        for s, handler in self._old.items():
-            signal.signal(s, handler)
-
-
 def run_training(
     data: Cifar10,
     out_dir: str | Path,
@@ -186,49 +127,16 @@ def run_training(
     """
     get_backend(backend)  # a wrong name fails here, before the folder is made
     out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise TrainingError(f"cannot create the output folder {out}: {exc.strerror}") from exc
-    with _exclusive(out):
+    with exclusive(out):
         run = _start(
             data, out, model_config, config, resume=resume, backend=backend, progress=progress
         )
-        with _StopRequest() as stop:
+        with StopRequest() as stop:
             while run.position.epoch < run.config.epochs:
                 _train_epoch(run, stop)
                 _finish_epoch(run)
         plot_history(run.history, out / CURVES)
     return run.history
-
-
-@contextmanager
-def _exclusive(out: Path):
-    """Hold an exclusive lock on out/.lock while training, so that two runs never write to one
-    folder. The operating system releases the lock when the process ends, however it ends, so
-    a crashed run never leaves the folder locked."""
-    try:
-        f = open(out / LOCK, "a+")  # closed by the `with` below, which also drops the lock
-    except OSError as exc:
-        raise TrainingError(f"cannot write to the output folder {out}: {exc.strerror}") from exc
-    with f:
-        if fcntl is not None:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                f.seek(0)
-                raise TrainingError(
-                    f"{out} is in use by another training run ({f.read().strip()}); wait for it "
-                    f"to finish or choose another --out"
-                ) from None
-        f.truncate(0)
-        f.write(f"process {os.getpid()}")
-        f.flush()
-        # A run killed while writing leaves its temporary file (never the real one): clear it.
-        for name in (CHECKPOINT, METRICS, CURVES):
-            for leftover in out.glob(f".{name}.*.tmp"):
-                leftover.unlink()
-        yield
 
 
 @dataclass
@@ -354,7 +262,7 @@ def _read_meta(meta: dict, path: Path) -> tuple[SKNetConfig, TrainConfig, Positi
         ) from exc
 
 
-def _train_epoch(run: _Run, stop: _StopRequest) -> None:
+def _train_epoch(run: _Run, stop: StopRequest) -> None:
     """Train the rest of the epoch at run.position, batch by batch.
 
     On SIGINT or SIGTERM, finish the step in progress, save a checkpoint of the position after
@@ -486,52 +394,3 @@ def _save(run: _Run) -> None:
             f"could not write the checkpoint {run.checkpoint}: {exc.strerror}. The previous "
             f"checkpoint, if any, is intact."
         ) from exc
-
-
-def write_metrics(path: Path, history: list[dict]) -> None:
-    """Rewrite metrics.jsonl (one JSON line per epoch) atomically: never a half-written line."""
-    text = "".join(json.dumps(h) + "\n" for h in history)
-    atomic_write(path, lambda f: f.write(text.encode()))
-
-
-def plot_history(history: list[dict], path: Path) -> bool:
-    """Plot loss and accuracy per epoch to a PNG. Returns False if matplotlib is missing."""
-    try:
-        plt = pyplot()
-    except ImportError as exc:
-        print(f"{exc}: no curves plotted")
-        return False
-    epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    ax_loss.plot(epochs, [h["test_loss"] for h in history], "o-", label="test")
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
-    ax_acc.plot(epochs, [h["train_accuracy"] for h in history], "o-", label="train (augmented)")
-    ax_acc.plot(epochs, [h["test_accuracy"] for h in history], "o-", label="test")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="Accuracy", ylim=(0, 1))
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-    plt.close(fig)
-    return True
-
-
-def load_model(path: str | Path, backend: str = "fast") -> tuple[SKResNeXt, NDArray, NDArray]:
-    """Rebuild the model stored in a checkpoint, on `backend` ("fast" or "reference").
-
-    Returns (model in evaluation mode, mean (3,), std (3,)): the normalisation it was trained with.
-    """
-    get_backend(backend)  # before the `try`: a wrong name is the caller's error, not the file's
-    meta, model_state, _ = load_checkpoint(Path(path))
-    try:
-        model = SKResNeXt(SKNetConfig.from_dict(meta["model_config"]), backend=backend)
-        model.load_state_dict(model_state)
-        norm = meta["normalization"]
-        mean, std = (np.array(norm[k], dtype=np.float32) for k in ("mean", "std"))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(
-            f"{path} does not hold a model this skscratch can build: {exc}"
-        ) from exc
-    return model.eval(), mean, std

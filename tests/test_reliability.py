@@ -24,7 +24,8 @@ from test_train import (
 
 import skscratch.checkpoint
 from skscratch.models import PRESETS
-from skscratch.train import LOCK, TrainConfig, TrainingError, _exclusive, run_training
+from skscratch.runs import LOCK, TrainingError, exclusive
+from skscratch.train import TrainConfig, run_training
 
 CONFIG = TrainConfig(epochs=2, batch_size=32, subset=64, test_subset=16)
 
@@ -38,7 +39,7 @@ def train(out, **kwargs):
 def test_a_second_run_on_a_folder_in_use_refuses(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    with _exclusive(out):  # as a run in progress holds it
+    with exclusive(out):  # as a run in progress holds it
         with pytest.raises(TrainingError, match="in use by another training run"):
             train(out)
         with pytest.raises(TrainingError, match="in use by another training run"):
@@ -53,8 +54,8 @@ def test_the_lock_of_a_killed_run_does_not_stay(tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from skscratch.train import _exclusive\n"
-            "with _exclusive(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(600)",
+            "import sys, time; from pathlib import Path; from skscratch.runs import exclusive\n"
+            "with exclusive(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(600)",
             str(out),
         ],
         stdout=subprocess.PIPE,
@@ -189,7 +190,7 @@ def test_a_kill_while_writing_a_checkpoint_keeps_the_old_one(tmp_path):
     assert path.read_bytes() == b"the previous checkpoint"
     leftovers = list(out.glob(".checkpoint.npz.*.tmp"))
     assert len(leftovers) == 1  # the killed writer's temporary file
-    with _exclusive(out):  # the next run clears it
+    with exclusive(out):  # the next run clears it
         assert not list(out.glob(".checkpoint.npz.*.tmp"))
     assert path.read_bytes() == b"the previous checkpoint"
 
@@ -245,12 +246,12 @@ def test_a_batch_larger_than_the_data_is_one_line_and_status_2(capsys, tmp_path)
 def test_an_unwritable_output_folder_is_a_clear_error_before_training(tmp_path, monkeypatch):
     # Permission bits do not stop root (which CI may be), so the refusal is simulated where
     # the run first writes: taking the lock file.
-    import skscratch.train
+    import skscratch.runs
 
     def refuse(path, *args, **kwargs):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
 
-    monkeypatch.setattr(skscratch.train, "open", refuse, raising=False)
+    monkeypatch.setattr(skscratch.runs, "open", refuse, raising=False)
     out = tmp_path / "run"
     with pytest.raises(TrainingError, match="cannot write to the output folder.*Permission denied"):
         train(out)

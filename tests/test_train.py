@@ -30,17 +30,11 @@ import pytest
 from skscratch import cli
 from skscratch.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from skscratch.data import Cifar10, channel_stats, load_cifar10, normalize
+from skscratch.evaluation import evaluate
 from skscratch.models import PRESETS, SKResNeXt
 from skscratch.optim import SGD
-from skscratch.train import (
-    LOCK,
-    TrainConfig,
-    TrainingError,
-    evaluate,
-    load_model,
-    run_training,
-    train_step,
-)
+from skscratch.runs import LOCK, TrainingError, load_model
+from skscratch.train import TrainConfig, run_training, train_step
 
 SHARED_ARCHIVE = Path(__file__).resolve().parents[2] / "shared/data/cifar-10-python.tar.gz"
 LABEL_NAMES = [

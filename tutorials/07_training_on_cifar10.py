@@ -26,10 +26,11 @@ import time
 import numpy as np
 
 from skscratch.data import augment, channel_stats, iterate_batches, load_cifar10, normalize
+from skscratch.evaluation import evaluate
 from skscratch.models import PRESETS, SKResNeXt, count_macs
 from skscratch.optim import SGD, learning_rate
 from skscratch.plots import pyplot, show
-from skscratch.train import TrainConfig, evaluate, run_training, train_step
+from skscratch.train import TrainConfig, run_training, train_step
 
 SMALL = os.environ.get("SKSCRATCH_TUTORIAL_SMALL") == "1"
 preset = "tiny" if SMALL else "default"

@@ -35,7 +35,8 @@ from skscratch.analysis import (
 from skscratch.data import load_cifar10
 from skscratch.models import PRESETS
 from skscratch.plots import pyplot, show
-from skscratch.train import TrainConfig, load_model, run_training
+from skscratch.runs import load_model
+from skscratch.train import TrainConfig, run_training
 
 SMALL = os.environ.get("SKSCRATCH_TUTORIAL_SMALL") == "1"
 

@@ -1,0 +1,198 @@
+"""What each command of the command line does: skscratch.cli parses the arguments and calls the
+function of the same name, which returns the exit status.
+
+A command imports what it needs when it runs, not at the top of this module: the command line
+imports this module before it has tuned the process (skscratch.tuning), which must come before
+anything loads NumPy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+from skscratch.backends import BACKENDS
+
+
+class UsageError(Exception):
+    """A command asked for something it cannot do as given (a missing optional dependency, an
+    unwritable output path): the user can fix it, so it is reported in one line."""
+
+
+def gradcheck(args: argparse.Namespace) -> int:
+    """`skscratch gradcheck`: a table of every operation's gradient error; 1 if any fails."""
+    from skscratch.gradcheck import check_all_operations
+
+    backends = BACKENDS if args.backend is None else (args.backend,)
+    rows = check_all_operations(seed=args.seed, backends=backends)
+    titles = ("backend", "operation", "input")
+    labels = [(backend, operation, name or "-") for backend, operation, name, _, _ in rows]
+    widths = [max(map(len, column)) for column in zip(titles, *labels, strict=True)]
+
+    def line(cells: tuple[str, ...], error: str, result: str) -> str:
+        padded = (f"{cell:<{width}}" for cell, width in zip(cells, widths, strict=True))
+        return "  ".join([*padded, f"{error:>13}", result])
+
+    print(line(titles, "max rel error", "result"))
+    failed = 0
+    for label, (*_, error, exercise) in zip(labels, rows, strict=True):
+        if exercise is not None:  # a student copy's function that raised NotImplementedError
+            failed += 1
+            print(line(label, "", f"not written yet (exercise {exercise})"))
+            continue
+        ok = error < args.tolerance  # False for NaN
+        failed += not ok
+        print(line(label, f"{error:.2e}", "pass" if ok else "FAIL"))
+    print(f"\n{len(rows) - failed} of {len(rows)} gradients within {args.tolerance:g} (float64)")
+    return 1 if failed else 0
+
+
+def train(args: argparse.Namespace) -> int:
+    """`skscratch train`: train an SK-ResNeXt on CIFAR-10; 130 if stopped (it can resume)."""
+    from skscratch.data import load_cifar10
+    from skscratch.models import PRESETS, SKResNeXt, count_macs
+    from skscratch.train import TrainConfig, run_training
+
+    config = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_epochs=args.warmup,
+        schedule=args.schedule,
+        seed=args.seed,
+        subset=args.subset,
+        test_subset=args.test_subset,
+        augment=not args.no_augment,
+    )
+    data = load_cifar10(args.data)
+    model_config = PRESETS[args.model]
+    if args.resume:
+        print(f"resuming the run in {args.out} on the {args.backend} backend")
+    else:
+        # Counted on the reference backend: the count is the same on both, and a forward pass
+        # on the fast one would compile its kernels here, before the first step that reports it.
+        model = SKResNeXt(model_config, backend="reference")
+        print(
+            f"model {args.model}: {model.num_parameters():,} parameters, "
+            f"{count_macs(model) / 1e6:.1f} M multiply-adds per image, "
+            f"on the {args.backend} backend"
+        )
+    try:
+        history = run_training(
+            data,
+            args.out,
+            model_config=model_config,
+            config=config,
+            resume=args.resume,
+            progress=not args.quiet,
+            backend=args.backend,
+        )
+    except KeyboardInterrupt:
+        print(f"stopped; continue with: skscratch train --out {args.out} --resume")
+        return 130
+    best = max(h["test_accuracy"] for h in history)
+    print(
+        f"done: final test accuracy {history[-1]['test_accuracy']:.4f} (best {best:.4f}); "
+        f"results in {args.out}"
+    )
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """`skscratch evaluate`: a checkpoint's test accuracy, overall and per class."""
+    from skscratch import evaluation
+    from skscratch.data import load_cifar10
+    from skscratch.runs import load_model
+
+    model, mean, std = load_model(args.checkpoint, backend=args.backend)
+    data = load_cifar10(args.data)
+    result = evaluation.evaluate(model, data.x_test, data.y_test, mean, std)
+    print(
+        f"test accuracy {result['accuracy']:.4f} on {len(data.y_test)} images "
+        f"(loss {result['loss']:.4f})"
+    )
+    for name, acc in zip(data.label_names, result["per_class_accuracy"], strict=True):
+        print(f"  {name:<12} {acc:.4f}")
+    return 0
+
+
+def analyze(args: argparse.Namespace) -> int:
+    """`skscratch analyze`: how every SK unit's attention moves as objects grow, printed and
+    written to args.out as figures and JSON."""
+    from skscratch.analysis import attention_by_scale, plot_results, write_results
+    from skscratch.data import load_cifar10
+    from skscratch.runs import load_model
+
+    model, mean, std = load_model(args.checkpoint, backend=args.backend)
+    data = load_cifar10(args.data)
+    images = data.x_test[: args.subset]
+    result = attention_by_scale(model, images, mean, std, factors=tuple(args.factors))
+    written = [write_results(result, args.out)]
+    for name, fig in plot_results(result).items():
+        written.append(Path(args.out) / f"{name}.png")
+        fig.savefig(written[-1], dpi=100)
+    print(
+        f"mean attention on the dilated branch minus the plain one, over {len(images)} test images:"
+    )
+    print(f"  {'SK unit':<20}" + "".join(f"{f:>9g}x" for f in args.factors))
+    for name, unit in result["units"].items():
+        print(f"  {name:<20}" + "".join(f"{v:>+10.4f}" for v in unit["mean_difference"]))
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def bench(args: argparse.Namespace) -> int:
+    """`skscratch bench`: time the operations and training steps and print a report."""
+    from skscratch.bench import Settings, format_report, run
+
+    if args.compare == "torch":
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise UsageError(
+                "--compare torch needs PyTorch: pip install torch (the CPU build will do)"
+            ) from None
+    if args.json and not os.access(Path(args.json).resolve().parent, os.W_OK):
+        # Found out now, not after minutes of timing.
+        raise UsageError(f"cannot write {args.json}: its folder is missing or not writable")
+    settings = Settings.quick() if args.quick else Settings.full()
+    if args.repeats:
+        settings = dataclasses.replace(settings, repeats=args.repeats)
+    result = run(
+        settings,
+        compare=args.compare,
+        backend=args.backend or "fast",
+        progress=lambda s: print(s, file=sys.stderr),
+    )
+    print(format_report(result))
+    if args.json:
+        from skscratch.checkpoint import atomic_write
+
+        data = json.dumps(result, indent=1).encode()
+        atomic_write(Path(args.json), lambda f: f.write(data))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def assignment(args: argparse.Namespace) -> int:
+    """`skscratch assignment make|grade`: write a student copy, or grade one (1 unless all pass)."""
+    try:
+        from skscratch import assignment as tools  # not `assignment`: that is this function
+    except ImportError as exc:  # in a student copy
+        raise UsageError(str(exc)) from None
+    if args.action == "make":
+        exercises = tools.parse_exercises(args.exercises)
+        out = tools.make(args.outdir, exercises)
+        print(
+            f"wrote a student copy with {len(exercises)} exercises to {out} "
+            f"(see {out / 'ASSIGNMENT.md'})"
+        )
+        return 0
+    results = tools.grade(args.outdir, seed=args.seed)
+    print(tools.report(results))
+    return 0 if all(r.passed == len(r.checks) for r in results) else 1

@@ -1,0 +1,50 @@
+"""How good a model is: its loss and accuracy on a set of labelled images, overall and per class.
+
+The images are normalised the way the model was trained (the training images' channel mean and
+standard deviation), and the model runs in evaluation mode: batch norm uses its running
+statistics, so the result does not depend on how the images are batched.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from skscratch.data import normalize
+from skscratch.losses import softmax_cross_entropy
+from skscratch.nn import Module
+
+
+def evaluate(
+    model: Module,
+    x: NDArray,
+    y: NDArray,
+    mean: NDArray,
+    std: NDArray,
+    *,
+    batch_size: int = 500,
+    num_classes: int = 10,
+) -> dict:
+    """Accuracy and loss of `model` (in evaluation mode) on uint8 images x (N, 3, 32, 32).
+
+    Returns {"loss", "accuracy", "per_class_accuracy": list of num_classes floats}.
+    """
+    training = model.training
+    model.eval()
+    loss_sum, predictions = 0.0, []
+    for start in range(0, len(x), batch_size):
+        logits = model.forward(normalize(x[start : start + batch_size], mean, std))
+        loss, _ = softmax_cross_entropy(logits, y[start : start + batch_size])
+        loss_sum += loss * len(logits)
+        predictions.append(logits.argmax(axis=1))
+    model.train(training)
+    pred = np.concatenate(predictions)
+    per_class = [
+        float(np.mean(pred[y == k] == k)) if np.any(y == k) else float("nan")
+        for k in range(num_classes)
+    ]
+    return {
+        "loss": loss_sum / len(x),
+        "accuracy": float(np.mean(pred == y)),
+        "per_class_accuracy": per_class,
+    }
