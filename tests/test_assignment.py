@@ -7,9 +7,11 @@ checked to have happened, so a changed line in the package cannot silently void 
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,18 @@ def _plant(copy: Path, module: str, old: str, new: str) -> None:
     source = path.read_text()
     assert old in source, f"{old!r} is not in {module}"
     path.write_text(source.replace(old, new))
+
+
+def _run_in(copy: Path, code: str, **env: str) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh Python whose skscratch is the one in `copy`."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=copy,
+        env=dict(os.environ, PYTHONPATH=str(copy), **env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _scores(results) -> dict[str, tuple[int, int]]:
@@ -63,22 +77,23 @@ def test_a_fresh_copy_imports_works_where_unfenced_and_scores_nothing(tmp_path, 
     copy = _make(tmp_path, "class")
     guide = (copy / "ASSIGNMENT.md").read_text()
     assert all(f"| `{e.name}` | {e.title} | {e.points} |" in guide for e in EXERCISES)
+    assert "python -m skscratch gradcheck --backend reference" in guide
+    assert "python -m skscratch train --backend reference --model tiny --data PATH" in guide
     # The grader stays with the teacher.
     assert [p.name for p in (copy / "skscratch" / "assignment").iterdir()] == ["__init__.py"]
     for path in (copy / "skscratch").rglob("*.py"):
         assert "SOLUTION" not in path.read_text(), path
-    # What is not an exercise still runs in the copy: a direct convolution, the fused batch norm.
+    # What is not an exercise still runs in the copy: the fast backend's direct convolution and
+    # fused batch norm (as plain Python: which code runs is the question here, not how fast).
     code = (
-        "import numpy as np; from skscratch import conv2d_forward, batchnorm_relu_forward; "
-        "x = np.ones((2, 4, 5, 5)); conv2d_forward(x, np.ones((4, 2, 3, 3)), groups=2, "
-        "padding=1, method='direct'); batchnorm_relu_forward(x, *np.ones((4, 4))); "
+        "import numpy as np; from skscratch import fast; "
+        "x = np.ones((2, 4, 5, 5)); fast.conv2d_forward(x, np.ones((4, 2, 3, 3)), groups=2, "
+        "padding=1, algorithm='direct'); fast.batchnorm_relu_forward(x, *np.ones((4, 4))); "
         "from skscratch.losses import softmax_cross_entropy; "
         "softmax_cross_entropy(np.ones((1, 2)), np.zeros(1, int))"
     )
-    run = subprocess.run(
-        [sys.executable, "-c", code], cwd=copy, capture_output=True, text=True, timeout=120
-    )
-    assert run.returncode == 1
+    run = _run_in(copy, code, NUMBA_DISABLE_JIT="1")
+    assert run.returncode == 1, run.stderr
     assert "NotImplementedError: exercise softmax_ce: write this part of softmax_cross_entropy" in (
         run.stderr
     )
@@ -140,8 +155,16 @@ def test_broken_student_functions_fail_with_readable_reasons(tmp_path):
     _plant(
         copy,
         "activations.py",
-        "return _kernels._relu_backward(*flat).reshape(dout.shape)",
+        "return np.where(cache.out > 0, dout, 0).astype(dout.dtype)",
         "raise ValueError('oops')",
+    )
+    # An im2col that hands its work to the compiled backend: the grader does not let it.
+    _plant(
+        copy,
+        "im2col.py",
+        "    x_pad = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))\n",
+        "    from skscratch.fast import im2col as compiled\n\n"
+        "    return compiled(x, kh, kw, stride=stride, padding=padding, dilation=dilation)\n",
     )
     _plant(
         copy,
@@ -168,6 +191,8 @@ def test_broken_student_functions_fail_with_readable_reasons(tmp_path):
     assert pool == "global_avg_pool_backward: shape (2, 3), expected (2, 3, 4, 5)"
     assert fc == "dx of linear_backward: contains NaN or inf"
     assert _reasons(results, "softmax_ce") == ["took longer than 1 s"]
+    (reason,) = _reasons(results, "im2col")
+    assert reason.startswith("raised ImportError: skscratch.fast is not available in the grader")
     (checks,) = [r.checks for r in results if r.exercise.name == "gradient_checking"]
     verdicts = {c["check"]: c for c in checks}
     assert verdicts["centred difference"]["reason"].startswith(
@@ -218,4 +243,28 @@ def test_every_exercise_alone_makes_a_copy_that_fails_only_there(tmp_path, exerc
     )
     assert text.count("raise NotImplementedError('exercise ") == len(
         assignment.BY_NAME[exercise].functions
+    )
+
+
+def test_a_network_on_the_reference_backend_runs_the_students_functions(tmp_path):
+    """The reference backend runs the student's convolution; the fast backend runs its own."""
+    copy = _make(tmp_path, "backends", "conv")
+    code = textwrap.dedent(
+        f"""
+        import numpy as np
+        import skscratch
+        from skscratch.models import PRESETS, SKResNeXt
+
+        assert skscratch.__file__.startswith({str(copy)!r}), skscratch.__file__
+        x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+        print(SKResNeXt(PRESETS["tiny"], backend="fast")(x).shape)
+        SKResNeXt(PRESETS["tiny"], backend="reference")(x)
+        """
+    )
+    # Plain Python kernels: which functions run is the question here, not how fast.
+    run = _run_in(copy, code, NUMBA_DISABLE_JIT="1")
+    assert run.returncode == 1, run.stderr
+    assert run.stdout == "(2, 10)\n"
+    assert run.stderr.strip().splitlines()[-1] == (
+        "NotImplementedError: exercise conv: write this part of conv2d_forward"
     )

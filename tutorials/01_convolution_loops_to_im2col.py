@@ -20,7 +20,8 @@ import inspect
 
 import numpy as np
 
-from skscratch import conv2d_forward, conv_output_size, im2col, im2col_reference
+from skscratch import conv2d_forward, conv_output_size
+from skscratch.im2col import im2col
 from skscratch.plots import pyplot, show
 
 rng = np.random.default_rng(0)
@@ -122,13 +123,13 @@ def conv2d_loops(x, w, b, stride=1, padding=0, dilation=1):
 #
 # The rows are indexed by the tap `(c, i, j)`, flattened as `c*KH*KW + i*KW + j`; the columns
 # by the output position `(oy, ox)`, flattened as `oy*W_out + ox`. So `cols` has shape
-# `(N, C*KH*KW, H_out*W_out)`. The plain-NumPy version in skscratch does not loop over outputs
-# at all: for each tap `(i, j)` it takes one strided slice of the padded input, which holds that
-# tap of every window at once. (It lives in the module `skscratch/im2col.py`; at the top level
-# the name `skscratch.im2col` is the compiled function, so import the reference by name.)
+# `(N, C*KH*KW, H_out*W_out)`. skscratch's version, `im2col` in the module `skscratch.im2col`
+# (beside its adjoint `col2im`, the subject of tutorial 3), does not loop over outputs at all:
+# for each tap `(i, j)` it takes one strided slice of the padded input, which holds that tap of
+# every window at once.
 
 # %%
-print(inspect.getsource(im2col_reference))
+print(inspect.getsource(im2col))
 
 # %% [markdown]
 # A tiny example: one image, two channels of 3x3 holding the numbers 1..18 (so every entry of
@@ -137,7 +138,7 @@ print(inspect.getsource(im2col_reference))
 
 # %%
 x_tiny = np.arange(1.0, 19.0).reshape(1, 2, 3, 3)  # (N, C, H, W) = (1, 2, 3, 3)
-cols_tiny = im2col_reference(x_tiny, 2, 2)
+cols_tiny = im2col(x_tiny, 2, 2)
 print(x_tiny.shape, "->", cols_tiny.shape)  # (1, 2, 3, 3) -> (1, 8, 4)
 print("x channel 0:\n", x_tiny[0, 0], "\nx channel 1:\n", x_tiny[0, 1])
 
@@ -232,10 +233,10 @@ assert cols.shape == (2, 27, h_out * w_out) and out_im2col.shape == (2, 4, 4, 3)
 # %% [markdown]
 # ## All versions agree
 #
-# The loops, our im2col product, and `skscratch.conv2d_forward` with its default method and
-# with `method="reference"` (the plain-NumPy im2col above instead of the compiled one) must give
-# the same numbers, up to the rounding of a different order of summation. We check a few
-# settings, including dilation and padding together.
+# The loops, our im2col product, and `skscratch.conv2d_forward` (the same gather and product,
+# batched over the groups of tutorial 2) must give the same numbers, up to the rounding of a
+# different order of summation. We check a few settings, including dilation and padding
+# together.
 
 # %%
 for stride, padding, dilation in [(1, 0, 1), (1, 1, 1), (2, 1, 1), (1, 2, 2), (2, 2, 2)]:
@@ -244,10 +245,8 @@ for stride, padding, dilation in [(1, 0, 1), (1, 1, 1), (2, 1, 1), (1, 2, 2), (2
     cols = im2col(x, 3, 3, **kwargs)
     by_product = (w.reshape(4, -1) @ cols + b[:, None]).reshape(loops.shape)
     package, _ = conv2d_forward(x, w, b, **kwargs)
-    reference, _ = conv2d_forward(x, w, b, **kwargs, method="reference")
     np.testing.assert_allclose(by_product, loops, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(package, loops, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(reference, loops, rtol=1e-12, atol=1e-12)
     print(f"stride {stride}, padding {padding}, dilation {dilation}: out {loops.shape}, all agree")
 
 # %% [markdown]
@@ -256,16 +255,20 @@ for stride, padding, dilation in [(1, 0, 1), (1, 1, 1), (2, 1, 1), (1, 2, 2), (2
 # im2col trades memory for speed. At stride 1 with "same" padding every pixel of every channel
 # is copied once per tap, so `cols` holds `KH*KW` times as many numbers as `x`: 9 times for a
 # 3x3 kernel. For one 32x32 image with 64 channels that is 589,824 numbers instead of 65,536.
-# This is why skscratch has a second, "direct" path for the SK unit's grouped 3x3 convolutions
-# (see the docstring of `skscratch.conv`), and why a 1x1 convolution needs no im2col at all: its
-# `cols` is `x` reshaped.
+# A 1x1 convolution, on the other hand, needs no im2col at all: its `cols` is `x` reshaped.
+#
+# The `im2col` above is the one you read and, in the course, write. skscratch also has a fast
+# backend, `skscratch.fast`, which a network runs when it is built with `backend="fast"`:
+# compiled versions of the same operations, which the tests check against these. Its convolution
+# builds no `cols` for 1x1 kernels, and convolves the SK unit's grouped 3x3 kernels "directly",
+# without `cols` either (see the docstring of `skscratch.fast.conv`).
 
 # %%
-x_big = np.zeros((1, 64, 32, 32), dtype=np.float32)
+x_big = rng.standard_normal((1, 64, 32, 32)).astype(np.float32)
 cols_big = im2col(x_big, 3, 3, padding=1)
 print(x_big.shape, x_big.size, "->", cols_big.shape, cols_big.size)
 assert cols_big.size == 9 * x_big.size == 589_824
-assert np.shares_memory(im2col(x_big, 1, 1), x_big)  # 1x1: a view of x, no copy
+assert np.array_equal(im2col(x_big, 1, 1), x_big.reshape(1, 64, 32 * 32))  # 1x1: x reshaped
 
 # %% [markdown]
 # **Summary.** A convolution is a dot product of each filter with each input window. im2col

@@ -11,7 +11,8 @@
 import numpy as np
 from scipy.signal import correlate2d
 
-from skscratch import conv2d_backward, conv2d_forward, im2col
+from skscratch import conv2d_backward, conv2d_forward
+from skscratch.im2col import im2col
 from skscratch.plots import pyplot, show
 from skscratch.sk import sk_param_shapes
 
@@ -209,7 +210,7 @@ show(fig, "02_dilation_footprint")
 # - a grouped 3x3 convolution with dilation 2 and G = 32, the SK unit's second branch.
 #
 # The formula's numbers are asserted against counts taken from the arrays themselves: the size
-# of the weight, and the shapes of the matrix products the im2col path performs (per image and
+# of the weight, and the shapes of the matrix products `conv2d_forward` performs (per image and
 # group, a `(C_out/G, K)` by `(K, L)` product costs `C_out/G * K * L` multiply-adds, with
 # `K = C_in/G * KH * KW` rows of `cols` per group and `L = H_out * W_out` columns).
 

@@ -9,23 +9,18 @@
 # The backward pass runs this in reverse: the gradients of a matrix product are matrix products,
 # and the gradient of the gather is **col2im**. This tutorial first makes precise what col2im is
 # (the adjoint of im2col, not its inverse), then derives `dx`, `dw` and `db`, computes them by
-# hand, and checks them against `skscratch.conv2d_backward` and against finite differences.
+# hand, and checks them against `skscratch.conv2d_backward` and against finite differences. At
+# the end it compares all this with the fast backend, the compiled versions a network trains on.
 
 # %%
 import inspect
 
 import numpy as np
 
-import skscratch._kernels
-from skscratch import (
-    col2im,
-    col2im_reference,
-    conv2d_backward,
-    conv2d_forward,
-    im2col,
-    im2col_reference,
-)
+from skscratch import conv2d_backward, conv2d_forward, fast
+from skscratch.fast.im2col import _im2col
 from skscratch.gradcheck import check_gradients, numerical_gradient, rel_error
+from skscratch.im2col import col2im, im2col
 from skscratch.plots import pyplot, show
 
 rng = np.random.default_rng(0)
@@ -186,18 +181,15 @@ dx_hand = col2im(dcols.reshape(n, c_in * 9, length), x.shape, 3, 3, **geometry) 
 print("cols", cols.shape, "dcols", dcols.shape, "dx", dx_hand.shape, "dw", dw_hand.shape)
 
 # %% [markdown]
-# The package's backward pass must give the same three arrays, whichever way it computes the
-# convolution: `"reference"` (plain NumPy, the same products as above), `"im2col"` (compiled
-# im2col/col2im) and `"direct"` (compiled kernels without im2col, see `skscratch/conv.py`).
+# The package's backward pass, `conv2d_backward`, computes these same products, and must give the
+# same three arrays:
 
 # %%
-for method in ["reference", "im2col", "direct"]:
-    _, cache = conv2d_forward(x, w, b, **opts, method=method)
-    dx, dw, db = conv2d_backward(dout, cache)
-    np.testing.assert_allclose(dx, dx_hand, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(dw, dw_hand, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(db, db_hand, rtol=1e-10, atol=1e-12)
-    print(f"method={method!r}: dx, dw, db equal the hand computation")
+dx, dw, db = conv2d_backward(dout, cache)
+np.testing.assert_allclose(dx, dx_hand, rtol=1e-10, atol=1e-12)
+np.testing.assert_allclose(dw, dw_hand, rtol=1e-10, atol=1e-12)
+np.testing.assert_allclose(db, db_hand, rtol=1e-10, atol=1e-12)
+print("conv2d_backward: dx, dw, db equal the hand computation")
 
 # %% [markdown]
 # ## Checking against finite differences
@@ -234,21 +226,24 @@ print({name: f"{err:.1e}" for name, err in errors.items()})
 assert set(errors) == {"x", "w", "b"} and max(errors.values()) < 1e-6
 
 # %% [markdown]
-# ## The compiled kernels equal the references
+# ## The fast backend computes the same
 #
-# `im2col` and `col2im` (which `conv2d_forward` uses by default) run numba kernels from
-# `skscratch/_kernels.py`. They do not pad the input: for each tap they work out the range of
-# output positions whose input pixel lies inside the image, and leave the rest at zero. Here is
-# the gather:
+# Everything above is skscratch's reference path: the plain-NumPy functions that you read and,
+# in the course, write, and that `python -m skscratch gradcheck` checks. A network built with
+# `backend="fast"` runs compiled versions of them instead, from the package `skscratch.fast`,
+# with the same arguments and results. Its `im2col` and `col2im` are numba kernels that do not
+# pad the input: for each tap they work out the range of output positions whose input pixel
+# lies inside the image, and zero the rest, one (image, channel) plane per parallel iteration.
+# Here is the gather:
 
 # %%
-print(inspect.getsource(skscratch._kernels._im2col))
+print(inspect.getsource(_im2col))
 
 # %% [markdown]
-# A different algorithm, so it must be checked against the plain-NumPy reference. im2col only
-# copies numbers, so the two must be *identical*; col2im adds, in a different order, so they
-# agree up to rounding. Several geometries, including a non-square kernel with different
-# settings along the two axes, and both float dtypes:
+# A different algorithm, so it must be checked against the reference. im2col only copies
+# numbers, so the two must be *identical*; col2im adds, in a different order, so they agree up to
+# rounding. Several geometries, including a non-square kernel with different settings along the
+# two axes, and both float dtypes:
 
 # %%
 cases = [  # (KH, KW, stride, padding, dilation)
@@ -261,19 +256,36 @@ cases = [  # (KH, KW, stride, padding, dilation)
     (1, 3, (1, 2), (0, 1), (1, 2)),
 ]
 for dtype in [np.float64, np.float32]:
-    x = rng.standard_normal((2, 3, 9, 10)).astype(dtype)
+    x_case = rng.standard_normal((2, 3, 9, 10)).astype(dtype)
     for kh, kw, s, p, d in cases:
         kw_args = {"stride": s, "padding": p, "dilation": d}
-        fast, slow = im2col(x, kh, kw, **kw_args), im2col_reference(x, kh, kw, **kw_args)
-        assert fast.dtype == slow.dtype == dtype
-        np.testing.assert_array_equal(fast, slow)
-        c = rng.standard_normal(fast.shape).astype(dtype)
-        back_fast = col2im(c, x.shape, kh, kw, **kw_args)
-        back_slow = col2im_reference(c, x.shape, kh, kw, **kw_args)
-        assert back_fast.dtype == dtype
+        compiled, ours = fast.im2col(x_case, kh, kw, **kw_args), im2col(x_case, kh, kw, **kw_args)
+        assert compiled.dtype == ours.dtype == dtype
+        np.testing.assert_array_equal(compiled, ours)
+        c = rng.standard_normal(ours.shape).astype(dtype)
+        back_compiled = fast.col2im(c, x_case.shape, kh, kw, **kw_args)
+        back_ours = col2im(c, x_case.shape, kh, kw, **kw_args)
+        assert back_compiled.dtype == dtype
         tol = 1e-12 if dtype == np.float64 else 1e-5
-        np.testing.assert_allclose(back_fast, back_slow, rtol=tol, atol=tol)
-print(f"im2col == im2col_reference and col2im ~ col2im_reference in {2 * len(cases)} cases")
+        np.testing.assert_allclose(back_compiled, back_ours, rtol=tol, atol=tol)
+print(f"fast.im2col == im2col and fast.col2im ~ col2im in {2 * len(cases)} cases")
+
+# %% [markdown]
+# The fast backend's convolution has two algorithms: `"im2col"`, the products of this tutorial
+# with the compiled gather and scatter, and `"direct"`, kernels that convolve without `cols` at
+# all (for the SK unit's grouped 3x3 convolutions, whose few channels per group make `cols` cost
+# more than the arithmetic; see the docstring of `skscratch.fast.conv`). By default it picks
+# one per convolution. Both must give the gradients computed by hand above, on the grouped,
+# strided and dilated example:
+
+# %%
+for algorithm in ["im2col", "direct"]:
+    _, fast_cache = fast.conv2d_forward(x, w, b, **opts, algorithm=algorithm)
+    dx, dw, db = fast.conv2d_backward(dout, fast_cache)
+    np.testing.assert_allclose(dx, dx_hand, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dw, dw_hand, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(db, db_hand, rtol=1e-10, atol=1e-12)
+    print(f"fast.conv2d_backward, algorithm={algorithm!r}: dx, dw, db equal the hand computation")
 
 # %% [markdown]
 # **Summary.** The backward pass of `out = W @ cols + b` is three matrix-product rules and one
@@ -281,4 +293,5 @@ print(f"im2col == im2col_reference and col2im ~ col2im_reference in {2 * len(cas
 # col2im is the transpose of im2col, not its inverse: it adds up the gradient of every window
 # that read a pixel, and `col2im(im2col(x))` is `x` times the number of such windows. Groups only
 # add a batch axis to the products. Every branch of the SK unit is such a convolution, and its
-# backward pass is exactly this one.
+# backward pass is exactly this one; the fast backend computes the same numbers by compiled
+# kernels.

@@ -12,8 +12,14 @@ import inspect
 
 import numpy as np
 
-from skscratch import batchnorm_backward, batchnorm_forward, relu_backward, relu_forward
-from skscratch.batchnorm import batchnorm_relu_backward, batchnorm_relu_forward
+from skscratch import (
+    batchnorm_backward,
+    batchnorm_forward,
+    fast,
+    layers,
+    relu_backward,
+    relu_forward,
+)
 from skscratch.gradcheck import check_gradients, numerical_gradient, rel_error
 from skscratch.plots import pyplot, show
 
@@ -342,12 +348,22 @@ assert np.abs(dx_broken - numeric).max() > 1e-3
 # %% [markdown]
 # The lesson, which `check_gradients` follows: weight the output with a *random* dout.
 #
-# ## Batch norm and ReLU fused
+# ## Batch norm, then ReLU: one layer, two ways
 #
 # In the network, batch norm is almost always followed by ReLU, and `skscratch.nn.BatchNorm`
-# runs both in one compiled pass per direction (`batchnorm_relu_forward/backward`), keeping
-# only x and the output instead of xhat and a mask. The mathematics is the same; let us check
-# that the fused pair equals batchnorm followed by relu, in both modes.
+# runs both as one layer, `batchnorm_relu_forward/backward`. On the reference backend that is
+# the composite of `skscratch.layers`: the two pairs one after the other, their caches nested,
+# and a backward that undoes them in reverse order.
+
+# %%
+print(inspect.getsource(layers.batchnorm_relu_forward))
+print(inspect.getsource(layers.batchnorm_relu_backward))
+
+# %% [markdown]
+# The fast backend (`skscratch.fast`, what a network built with `backend="fast"` runs) fuses
+# the two into one compiled pass per direction, keeping only x instead of xhat and the output,
+# and recomputing from it what the backward needs. The mathematics is the same; let us check
+# that both equal `batchnorm_forward` followed by `relu_forward`, backward too, in both modes.
 
 # %%
 x = rng.normal(size=(4, 3, 5, 5))
@@ -359,21 +375,22 @@ for training in (True, False):
     out_ref, relu_cache = relu_forward(out_bn)
     dx_ref, dg_ref, db_ref = batchnorm_backward(relu_backward(dout, relu_cache), bn_cache)
 
-    out_fused, mean_f, var_f, fused_cache = batchnorm_relu_forward(
-        x, g, b, rm, rv, training=training
-    )
-    dx_f, dg_f, db_f = batchnorm_relu_backward(dout, fused_cache)
-    pairs = [
-        (out_fused, out_ref),
-        (mean_f, mean_bn),
-        (var_f, var_bn),
-        (dx_f, dx_ref),
-        (dg_f, dg_ref),
-        (db_f, db_ref),
-    ]
-    for fused, reference in pairs:
-        np.testing.assert_allclose(fused, reference, rtol=1e-10, atol=1e-12)
-    print(f"training={training}: fused == batchnorm + relu")
+    for name, ops in [("skscratch.layers", layers), ("skscratch.fast", fast)]:
+        out_2, mean_2, var_2, cache_2 = ops.batchnorm_relu_forward(
+            x, g, b, rm, rv, training=training
+        )
+        dx_2, dg_2, db_2 = ops.batchnorm_relu_backward(dout, cache_2)
+        pairs = [
+            (out_2, out_ref),
+            (mean_2, mean_bn),
+            (var_2, var_bn),
+            (dx_2, dx_ref),
+            (dg_2, dg_ref),
+            (db_2, db_ref),
+        ]
+        for theirs, reference in pairs:
+            np.testing.assert_allclose(theirs, reference, rtol=1e-10, atol=1e-12)
+        print(f"training={training}: {name}.batchnorm_relu_* == batchnorm + relu")
 
 # %% [markdown]
 # ## Summary

@@ -21,7 +21,6 @@ from skscratch import (
     batchnorm_forward,
     branch_softmax_backward,
     branch_softmax_forward,
-    col2im_reference,
     conv2d_backward,
     conv2d_forward,
     conv_output_size,
@@ -29,6 +28,7 @@ from skscratch import (
     relu_forward,
 )
 from skscratch.gradcheck import check_gradients, numerical_gradient, rel_error
+from skscratch.im2col import col2im
 from skscratch.plots import pyplot, show
 
 rng = np.random.default_rng(0)
@@ -313,10 +313,10 @@ assert broken_bn["x"] > 1e-3 and broken_bn["gamma"] < 1e-6 and broken_bn["beta"]
 #
 # The convolution's dx scatters the column gradients back to the pixels they were read from
 # (col2im). With overlapping windows a pixel was read by several columns, and its gradient is
-# the *sum* of theirs, hence the `+=` in the reference:
+# the *sum* of theirs, hence the `+=` in `skscratch.im2col.col2im`:
 
 # %%
-print(inspect.getsource(col2im_reference))
+print(inspect.getsource(col2im))
 
 
 # %% [markdown]
@@ -326,7 +326,7 @@ print(inspect.getsource(col2im_reference))
 
 # %%
 def col2im_overwrite(cols, x_shape, kh, kw, *, stride, padding, dilation):
-    """BROKEN on purpose: col2im_reference with `=` where it needs `+=`."""
+    """BROKEN on purpose: col2im with `=` where it needs `+=`."""
     n, c, h, wd = x_shape
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     ho, wo = conv_output_size(h, kh, sh, ph, dh), conv_output_size(wd, kw, sw, pw, dw)
@@ -344,7 +344,7 @@ def conv2d_backward_with(scatter):
 
     def backward(dout, cache):
         _, dw, db = conv2d_backward(dout, cache)
-        n, c_in = cache.x_shape[:2]
+        n, c_in = cache.x.shape[:2]
         c_out, c_in_g, kh, kw = cache.w.shape
         g = cache.groups
         dout_g = dout.reshape(n, g, c_out // g, -1)  # (N, G, C_out/G, L)
@@ -352,7 +352,7 @@ def conv2d_backward_with(scatter):
         dcols = np.matmul(w_g.transpose(0, 2, 1), dout_g)  # (N, G, K, L)
         dcols = dcols.reshape(n, c_in * kh * kw, -1)  # (N, C_in*KH*KW, L)
         options = dict(stride=cache.stride, padding=cache.padding, dilation=cache.dilation)
-        return scatter(dcols, cache.x_shape, kh, kw, **options), dw, db
+        return scatter(dcols, cache.x.shape, kh, kw, **options), dw, db
 
     return backward
 
@@ -364,9 +364,7 @@ gallery["col2im overwrites"] = (
     check_gradients(
         conv2d_forward, conv2d_backward_with(col2im_overwrite), conv_inputs, fixed=overlapping
     ),
-    check_gradients(
-        conv2d_forward, conv2d_backward_with(col2im_reference), conv_inputs, fixed=overlapping
-    ),
+    check_gradients(conv2d_forward, conv2d_backward_with(col2im), conv_inputs, fixed=overlapping),
 )
 print(gallery["col2im overwrites"])
 

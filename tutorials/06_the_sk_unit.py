@@ -23,6 +23,7 @@ import inspect
 import numpy as np
 
 from skscratch import (
+    batchnorm_backward,
     batchnorm_forward,
     branch_softmax_backward,
     branch_softmax_forward,
@@ -35,13 +36,9 @@ from skscratch import (
     relu_backward,
     relu_forward,
 )
-from skscratch.batchnorm import (
-    batchnorm_backward,
-    batchnorm_relu_backward,
-    batchnorm_relu_forward,
-)
 from skscratch.data import channel_stats, load_cifar10, normalize
 from skscratch.gradcheck import check_sk_unit, numerical_gradient, rel_error
+from skscratch.layers import batchnorm_relu_backward, batchnorm_relu_forward
 from skscratch.nn import SKUnit
 from skscratch.plots import pyplot, show
 from skscratch.sk import sk_hidden_size, sk_unit_backward, sk_unit_forward

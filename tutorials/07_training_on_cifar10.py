@@ -6,14 +6,20 @@
 # the data, the augmentation, the normalisation, the model, and then write the training loop out
 # with skscratch's own pieces, exactly as `skscratch.train` runs it.
 #
+# **Two backends.** A network runs on one of two sets of operation pairs, chosen when it is
+# built: `backend="reference"`, the plain-NumPy pairs of tutorials 1 to 6 (in the course, the
+# functions you write), or `backend="fast"`, compiled versions of them from `skscratch.fast`,
+# which skscratch's tests check against the reference pairs. We train on the fast backend, after
+# checking on one batch that the two compute the same.
+#
 # **How big a run.** Training in NumPy on a CPU is slow, so the size comes from the environment:
 #
 # - `SKSCRATCH_TUTORIAL_SMALL=1` (what CI sets): the "tiny" model (8 k parameters), 1000 training
-#   images, 2 epochs. About 15 seconds on two cores, half of it for the check against
-#   `run_training` at the end.
+#   images, 2 epochs. About 10 seconds on two cores once the fast backend's kernels are compiled
+#   (numba caches them on disk; the first run compiles them and takes longer).
 # - otherwise: the default model (184 k parameters), 10000 training images, 3 epochs, evaluated
-#   on the whole test set after each epoch. Roughly 5 minutes on two cores, the evaluations and
-#   the check against `run_training` at the end included.
+#   on the whole test set after each epoch. Roughly 5 minutes on two cores, the evaluations
+#   included (the check against `run_training` at the end runs in the small run only).
 # - `SKSCRATCH_TUTORIAL_SUBSET` and `SKSCRATCH_TUTORIAL_EPOCHS` override the number of training
 #   images and of epochs.
 
@@ -25,12 +31,19 @@ import time
 
 import numpy as np
 
+import skscratch
 from skscratch.data import augment, channel_stats, iterate_batches, load_cifar10, normalize
 from skscratch.evaluation import evaluate
+from skscratch.gradcheck import rel_error
+from skscratch.losses import softmax_cross_entropy
 from skscratch.models import PRESETS, SKResNeXt, count_macs
 from skscratch.optim import SGD, learning_rate
 from skscratch.plots import pyplot, show
 from skscratch.train import TrainConfig, run_training, train_step
+
+# The process settings `python -m skscratch train` starts with (how idle threads wait, reuse of
+# freed memory; see skscratch.tuning): importing skscratch changes none of them by itself.
+print("process settings:", skscratch.tune_process())
 
 SMALL = os.environ.get("SKSCRATCH_TUTORIAL_SMALL") == "1"
 preset = "tiny" if SMALL else "default"
@@ -149,12 +162,13 @@ assert sum(sizes) == len(x_train)
 # `SKResNeXt` is a CIFAR-sized SK-ResNeXt: a 3x3 stem convolution, three stages of SK bottleneck
 # blocks (1x1 conv, BN, ReLU, SK unit, 1x1 conv, BN, plus a shortcut, then ReLU; stages 2 and 3
 # halve the image), global average pooling and a fully connected layer to 10 logits. Its shape
-# is an `SKNetConfig`; `PRESETS` names a few.
+# is an `SKNetConfig`; `PRESETS` names a few. The backend is chosen here, where the model is
+# built, and every layer of it runs on that backend.
 
 # %%
 model_config = PRESETS[preset]
-model = SKResNeXt(model_config, seed=config.seed)
-print(model_config)
+model = SKResNeXt(model_config, seed=config.seed, backend="fast")
+print(model_config, "on the", model.backend, "backend")
 for name, p in model.named_parameters():
     print(f"{name:34s} {str(p.data.shape):16s} {p.data.size:7d}")
 n_params = model.num_parameters()
@@ -170,6 +184,34 @@ print(f"{n_params:,} parameters, {count_macs(model) / 1e6:.2f} M multiply-adds p
 default = SKResNeXt(PRESETS["default"])
 assert default.num_parameters() == 184_234
 assert round(count_macs(default) / 1e6, 1) == 30.0
+
+# %% [markdown]
+# ## One network, two backends
+#
+# The backend decides how a model computes, not what it is: built with the same seed on the
+# reference backend, the model has the very same parameters. On one batch, the two compute the
+# same logits and loss, up to float32 rounding, and the same gradients, up to that rounding
+# summed in a different order and amplified through a deep network's batch norms: well below 1%
+# of the largest gradient. (Two fresh models, so that `model` starts training untouched.)
+
+# %%
+x_one, y_one = normalize(x_train[: config.batch_size], mean, std), y_train[: config.batch_size]
+logits, losses, grads = {}, {}, {}
+for backend in ("reference", "fast"):
+    twin = SKResNeXt(model_config, seed=config.seed, backend=backend)
+    for (name, p), (_, q) in zip(twin.named_parameters(), model.named_parameters(), strict=True):
+        assert np.array_equal(p.data, q.data), name
+    logits[backend] = twin.forward(x_one)  # (B, 10)
+    losses[backend], dlogits = softmax_cross_entropy(logits[backend], y_one)
+    twin.backward(dlogits, input_grad=False)
+    grads[backend] = np.concatenate([p.grad.ravel() for _, p in twin.named_parameters()])
+errors = {
+    "logits": rel_error(logits["fast"], logits["reference"]),
+    "loss": abs(losses["fast"] - losses["reference"]) / losses["reference"],
+    "gradients": rel_error(grads["fast"], grads["reference"]),
+}
+print({name: f"{err:.1e}" for name, err in errors.items()})
+assert errors["logits"] < 1e-5 and errors["loss"] < 1e-5 and errors["gradients"] < 1e-2
 
 # %% [markdown]
 # ## One training step
@@ -188,7 +230,8 @@ print(inspect.getsource(train_step))
 #
 # ## The training loop
 #
-# This is the loop of `skscratch.train.run_training`, without the checkpoints and progress bars.
+# This is the loop of `skscratch.train.run_training`, without the checkpoints and progress bars;
+# it is the same whichever backend the model runs on.
 # Every random choice comes from a generator seeded with (seed, epoch) for the order of an epoch
 # and (seed, epoch, batch) for the augmentation of a batch, so any step can be repeated on its
 # own (that is what lets `run_training` resume a stopped run exactly). Batches are full:
@@ -320,6 +363,24 @@ fig.tight_layout()
 show(fig, "07_per_class_accuracy")
 
 # %% [markdown]
+# ## A trained model on the other backend
+#
+# The trained parameters are not tied to the backend they were trained on: `set_backend`
+# switches every layer of a built model, and on the reference backend the trained model
+# classifies the test images as it does on the fast one (a prediction could only differ where two
+# logits are within rounding of each other).
+
+# %%
+x_check, y_check = x_test[:1000], y_test[:1000]
+on_fast = evaluate(model, x_check, y_check, mean, std)
+on_reference = evaluate(model.set_backend("reference"), x_check, y_check, mean, std)
+model.set_backend("fast")
+print(f"{len(y_check)} test images: accuracy {on_fast['accuracy']:.3f} on fast, ", end="")
+print(f"{on_reference['accuracy']:.3f} on reference")
+assert abs(on_fast["accuracy"] - on_reference["accuracy"]) <= 2 / len(y_check)
+np.testing.assert_allclose(on_fast["loss"], on_reference["loss"], rtol=1e-4)
+
+# %% [markdown]
 # ## The same loop, with checkpoints
 #
 # `python -m skscratch train` runs this loop through `run_training`, adding progress bars, a
@@ -327,11 +388,20 @@ show(fig, "07_per_class_accuracy")
 # and a plot of the curves. The run of this tutorial is:
 
 # %%
-command = f"python -m skscratch train --model {preset} --epochs {config.epochs} "
-command += f"--batch-size {config.batch_size} --subset {config.subset}"
+command = f"python -m skscratch train --backend {model.backend} --model {preset} "
+command += f"--epochs {config.epochs} --batch-size {config.batch_size} --subset {config.subset}"
 if config.test_subset is not None:
     command += f" --test-subset {config.test_subset}"
 print(command + " --out runs/tutorial")
+
+# %% [markdown]
+# `--backend fast` is the default. With `--backend reference` the same command trains on the
+# plain-NumPy pairs instead: in the course, on your own functions, end to end. Every
+# convolution, batch norm, ReLU and SK unit of the network is then yours (the fast backend
+# shares only the pooling, the linear layers, the branch softmax and the loss with it). Plain
+# NumPy is not compiled for speed, so start with the tiny model:
+#
+#     python -m skscratch train --backend reference --model tiny --subset 1000 --epochs 2
 
 # %% [markdown]
 # Because our loop draws its randomness the same way, `run_training` with the same settings
@@ -341,8 +411,17 @@ print(command + " --out runs/tutorial")
 # %%
 if SMALL:
     with tempfile.TemporaryDirectory() as out:
-        packaged = run_training(data, out, model_config=model_config, config=config, progress=False)
-        print(sorted(os.listdir(out)))  # checkpoint.npz, curves.png, metrics.jsonl
+        packaged = run_training(
+            data,
+            out,
+            model_config=model_config,
+            config=config,
+            progress=False,
+            backend=model.backend,
+        )
+        written = sorted(os.listdir(out))
+        print(written)
+        assert {"checkpoint.npz", "metrics.jsonl", "curves.png"} <= set(written)
     for ours, theirs in zip(history, packaged, strict=True):
         for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
             np.testing.assert_allclose(ours[key], theirs[key], rtol=1e-5)

@@ -5,6 +5,9 @@
 prints one JSON line per check: {"check": ..., "passed": bool, "reason": ...}. The student's
 package is imported from STUDENT_DIR; the references here use NumPy alone (nested loops and
 formulas written out again), so a mistake in the student's code cannot leak into its own grade.
+What is graded is the student's own functions, the reference path: in this process
+`skscratch.fast` (the compiled backend, which is the instructor's code) cannot be imported, so
+a function that hands its work to it fails instead of scoring.
 Backward passes are checked against centred differences in float64, with a random upstream
 gradient. Each check has a time limit; a check that raises, returns the wrong shape or NaN, or
 takes too long fails with a reason, and the next check runs.
@@ -12,6 +15,7 @@ takes too long fails with a reason, and the next check runs.
 
 from __future__ import annotations
 
+import importlib.abc
 import json
 import os
 import signal
@@ -209,28 +213,28 @@ WINDOWS = [  # (kh, kw, stride, padding, dilation, h, w)
 
 
 def _im2col_forward(sk, rng):
-    from skscratch.im2col import im2col_reference
+    from skscratch.im2col import im2col
 
     for kh, kw, s, p, d, h, w in WINDOWS:
         x = rng.standard_normal((2, 3, h, w))
-        got = im2col_reference(x, kh, kw, stride=s, padding=p, dilation=d)
+        got = im2col(x, kh, kw, stride=s, padding=p, dilation=d)
         expect(
-            f"im2col_reference (kernel {kh}x{kw}, stride {s}, padding {p}, dilation {d})",
+            f"im2col (kernel {kh}x{kw}, stride {s}, padding {p}, dilation {d})",
             got,
             im2col_loops(x, kh, kw, s, p, d),
         )
 
 
 def _col2im(sk, rng):
-    from skscratch.im2col import col2im_reference
+    from skscratch.im2col import col2im
 
     for kh, kw, s, p, d, h, w in WINDOWS:
         shape = (2, 3, h, w)
         ho, wo = out_size(h, kh, s, p, d), out_size(w, kw, s, p, d)
         cols = rng.standard_normal((2, 3 * kh * kw, ho * wo))
-        got = col2im_reference(cols, shape, kh, kw, stride=s, padding=p, dilation=d)
+        got = col2im(cols, shape, kh, kw, stride=s, padding=p, dilation=d)
         expect(
-            f"col2im_reference (kernel {kh}x{kw}, stride {s}, padding {p}, dilation {d})",
+            f"col2im (kernel {kh}x{kw}, stride {s}, padding {p}, dilation {d})",
             got,
             col2im_loops(cols, shape, kh, kw, s, p, d),
         )
@@ -256,7 +260,7 @@ def _conv_forward(sk, rng):
 
     for case in CONV_CASES:
         x, w, b, opts = _conv_inputs(rng, case)
-        out, _ = conv2d_forward(x, w, b, **opts, method="im2col")
+        out, _ = conv2d_forward(x, w, b, **opts)
         expect(f"conv2d_forward with {opts}", out, conv_loops(x, w, b, **opts))
 
 
@@ -268,7 +272,7 @@ def _conv_backward(sk, rng):
 def _conv_backward_case(rng, x, w, b, opts):
     from skscratch.conv import conv2d_backward, conv2d_forward
 
-    out, cache = conv2d_forward(x, w, b, **opts, method="im2col")
+    out, cache = conv2d_forward(x, w, b, **opts)
     dout = rng.standard_normal(np.shape(out))
     dx, dw, db = conv2d_backward(dout, cache)
     expect_gradient(
@@ -567,7 +571,7 @@ def _relu_kink_entries(sk, rng):
 
 
 CHECKS = {
-    "im2col": [("im2col_reference", _im2col_forward), ("col2im_reference", _col2im)],
+    "im2col": [("im2col", _im2col_forward), ("col2im", _col2im)],
     "conv": [("forward", _conv_forward), ("backward", _conv_backward)],
     "batchnorm": [("forward", _batchnorm_forward), ("backward", _batchnorm_backward)],
     "relu_pool_fc": [
@@ -590,7 +594,20 @@ CHECKS = {
 }
 
 
+class NoFastBackend(importlib.abc.MetaPathFinder):
+    """Refuses `skscratch.fast` and its modules: the grader grades the student's functions."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "skscratch.fast" or name.startswith("skscratch.fast."):
+            raise ImportError(
+                f"{name} is not available in the grader: your own functions are graded, not "
+                f"the compiled backend"
+            )
+        return None
+
+
 def run(student_dir: str, exercise: str, seed: int, seconds: int) -> None:
+    sys.meta_path.insert(0, NoFastBackend())
     sys.path.insert(0, student_dir)
     import skscratch
 
@@ -625,6 +642,4 @@ def run(student_dir: str, exercise: str, seed: int, seconds: int) -> None:
 
 
 if __name__ == "__main__":
-    # The student's kernels run as plain Python: small shapes, and no compilation per copy.
-    os.environ["NUMBA_DISABLE_JIT"] = "1"
     run(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
