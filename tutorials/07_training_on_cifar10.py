@@ -305,12 +305,14 @@ if not SMALL:
 # %% [markdown]
 # The learning rate followed the schedule: it reached its peak of 0.1 at the last warm-up step,
 # then fell by `0.1 / (total_steps - warmup)` per step, to that amount at the last step (the
-# next step, which never comes, would have a learning rate of 0). In the loss panel below, the
-# grey line is the loss of every batch; the epoch means are drawn at the end of their epoch.
+# next step, which never comes, would have a learning rate of 0; a one-epoch run is all warm-up
+# and ends at the peak). In the loss panel below, the grey line is the loss of every batch; the
+# epoch means are drawn at the end of their epoch.
 
 # %%
 assert np.isclose(max(rates), config.lr) and int(np.argmax(rates)) == warmup - 1
-assert np.isclose(rates[-1], config.lr / (total_steps - warmup))
+if total_steps > warmup:
+    assert np.isclose(rates[-1], config.lr / (total_steps - warmup))
 
 epochs = [h["epoch"] for h in history]
 steps = (np.arange(total_steps) + 1) / n_batches  # in epochs
