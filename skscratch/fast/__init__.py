@@ -45,7 +45,6 @@ from skscratch.fast.batchnorm import (
     batchnorm_relu_forward,
 )
 from skscratch.fast.conv import conv2d_backward, conv2d_forward
-from skscratch.fast.im2col import col2im, im2col
 from skscratch.fast.sk import sk_unit_backward, sk_unit_forward
 
 __all__ = [
@@ -54,11 +53,9 @@ __all__ = [
     "batchnorm_forward",
     "batchnorm_relu_backward",
     "batchnorm_relu_forward",
-    "col2im",
     "compilations",
     "conv2d_backward",
     "conv2d_forward",
-    "im2col",
     "num_threads",
     "relu_backward",
     "relu_forward",
