@@ -4,8 +4,10 @@ In the teaching modules the bodies that students write are fenced by `# BEGIN SO
 `# END SOLUTION` comment lines (the hint comments just above a fence stay). `make` copies the
 package and replaces each fenced body of the chosen exercises with a `raise NotImplementedError`
 that names the exercise; everything else keeps working. `grade` runs each exercise's checks
-(`_worker.py`: independent NumPy references and finite differences) on a copy, every exercise
-in its own process with a time limit, so that no student code can crash or hang the grader.
+on a copy, every exercise in its own process with a time limit, so that no student code can
+crash or hang the grader: `_worker.py` is the script each process runs, `_references.py` holds
+the independent NumPy references, `_compare.py` the comparisons and finite differences, and
+`_checks_operations.py` and `_checks_gradient_checking.py` the checks of each exercise.
 
     python -m skscratch assignment make OUTDIR [--exercises conv,batchnorm,...]
     python -m skscratch assignment grade OUTDIR
@@ -301,7 +303,9 @@ def grade(
         raise AssignmentError(f"{out} holds no student copy (no skscratch/__init__.py in it)")
     worker = Path(__file__).with_name("_worker.py")
     results = []
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # Without PYTHONSAFEPATH the worker's own folder is first on its path: it imports its
+    # neighbours (_references.py, ...) from there.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSAFEPATH")}
     for e in EXERCISES:
         command = [sys.executable, str(worker), str(out), e.name, str(seed), str(check_seconds)]
         try:
