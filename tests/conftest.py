@@ -9,14 +9,19 @@ Array values come from a drawn seed rather than from hypothesis' array strategie
 and options are where the bugs hide, and well-scaled random values keep finite differences
 meaningful.
 
-Profiles: "fast" (the default), "thorough" for a longer search, "nojit" for the run of a few
-tests with NUMBA_DISABLE_JIT=1. Choose one with `pytest --hypothesis-profile=thorough`.
+Profiles: "fast" (the default), "thorough" for a longer search, "nojit" for the run of
+test_fast.py's `nojit` tests with NUMBA_DISABLE_JIT=1. Choose one with
+`pytest --hypothesis-profile=thorough`.
+
+`conv_pair` names the convolutions under test: the reference pair of skscratch.conv and the fast
+pair of skscratch.fast with each of its algorithms.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from hypothesis import settings
@@ -43,8 +48,25 @@ seeds = st.integers(0, 2**32 - 1)
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "nojit: also run in a subprocess with NUMBA_DISABLE_JIT=1 (test_kernels.py)"
+        "markers", "nojit: also run in a subprocess with NUMBA_DISABLE_JIT=1 (test_fast.py)"
     )
+
+
+# The convolutions: the reference pair, and the fast pair with each algorithm it can run.
+CONV_VERSIONS = ("reference", "fast-auto", "fast-im2col", "fast-direct")
+
+
+def conv_pair(version: str):
+    """(forward, backward) of the convolution `version` names (one of CONV_VERSIONS)."""
+    if version == "reference":
+        from skscratch import conv
+
+        return conv.conv2d_forward, conv.conv2d_backward
+    from skscratch import fast
+
+    backend, algorithm = version.split("-")
+    assert backend == "fast", version
+    return partial(fast.conv2d_forward, algorithm=algorithm), fast.conv2d_backward
 
 
 def pair_or_int(pair: tuple[int, int]) -> int | tuple[int, int]:
@@ -171,14 +193,15 @@ class BatchNormCase:
 
 
 @st.composite
-def batchnorm_shapes(draw, min_per_channel=2) -> tuple[int, ...]:
-    """(N, C) or (N, C, H, W) with at least `min_per_channel` values (N or N*H*W) per channel.
+def batchnorm_shapes(draw, min_per_channel=2, ndim=None) -> tuple[int, ...]:
+    """(N, C) or (N, C, H, W) (ndim 2 or 4, else either) with at least `min_per_channel` values
+    (N or N*H*W) per channel.
 
     Training needs 2. The gradient checks ask for 3: with 2 values the normalised ones are
     +-1 whatever x is, so dx is of order eps and finite differences measure only rounding.
     """
     c = draw(st.integers(1, 4))
-    if draw(st.booleans()):
+    if ndim == 2 or (ndim is None and draw(st.booleans())):
         return (draw(st.integers(min_per_channel, 6)), c)
     n = draw(st.integers(1, 3))
     h = draw(st.integers(1, 3))
@@ -187,9 +210,9 @@ def batchnorm_shapes(draw, min_per_channel=2) -> tuple[int, ...]:
 
 
 @st.composite
-def batchnorm_cases(draw, training=None, min_per_channel=2) -> BatchNormCase:
+def batchnorm_cases(draw, training=None, min_per_channel=2, ndim=None) -> BatchNormCase:
     return BatchNormCase(
-        shape=draw(batchnorm_shapes(min_per_channel)),
+        shape=draw(batchnorm_shapes(min_per_channel, ndim)),
         training=draw(st.booleans()) if training is None else training,
         seed=draw(seeds),
     )
@@ -225,3 +248,105 @@ def branch_shapes(draw) -> tuple[int, int, int]:
 def classification_shapes(draw) -> tuple[int, int]:
     """(N, K): N examples, K classes."""
     return (draw(small_sides), draw(st.integers(1, 6)))
+
+
+# --- the SK unit -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SKCase:
+    n: int
+    channels: int
+    h: int
+    w: int
+    branches: int
+    groups: int
+    stride: int
+    r: int
+    L: int
+    training: bool
+    seed: int
+
+    @property
+    def options(self) -> dict:
+        return {"stride": self.stride, "groups": self.groups, "training": self.training}
+
+    def arrays(self, dtype=np.float64) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """x (N, C, H, W) and the parameters, all well scaled.
+
+        Weights are N(0, 1/fan_in), so every layer's output is of order 1 and the softmax is not
+        saturated; batch-norm scales lie in [0.5, 1.5] and running variances in [0.5, 2]. With
+        standard normal weights, eval-mode logits reach 30 and more, the attention saturates at
+        1e-20, and its gradients drown in rounding: the check would measure noise.
+        """
+        from skscratch.sk import sk_param_shapes
+
+        rng = np.random.default_rng(self.seed)
+        shapes = sk_param_shapes(
+            self.channels, branches=self.branches, groups=self.groups, r=self.r, L=self.L
+        )
+        params = {}
+        for key, shape in shapes.items():
+            if key.endswith("running_var"):
+                value = rng.uniform(0.5, 2.0, shape)
+            elif key == "fc_bn.bias":
+                # Mostly positive, so z = ReLU(BN(...)) is not all 0 (which happens for d = 2
+                # and cuts the gradient of fc, fc_bn and select to exactly 0): in most images
+                # the fuse path is open, in some closed.
+                value = rng.uniform(0.5, 1.5, shape)
+            elif key.endswith(("running_mean", ".bias")):
+                value = rng.normal(0.0, 0.5, shape)
+            elif len(shape) == 1:  # batch-norm scales
+                value = rng.uniform(0.5, 1.5, shape)
+            else:
+                value = rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))
+            params[key] = value.astype(dtype)
+        x = rng.standard_normal((self.n, self.channels, self.h, self.w)).astype(dtype)
+        return x, params
+
+
+@st.composite
+def sk_cases(draw, min_n: int = 3) -> SKCase:
+    """Groups first and channels as a multiple of them (at least 2 channels).
+
+    The plane is at least M + 2 on each side: branch M has dilation M and as much padding, and on
+    a smaller plane its outer taps only ever read padding. Its output is then one weight times
+    one pixel per channel, which the batch norm after it divides out again, so those weights get
+    a gradient of exactly 0 and finite differences measure rounding.
+
+    N >= 3: with N = 2 the fuse step's batch norm maps each channel to +-1 whatever its input
+    (see `check_sk_unit`), which zeroes the gradient of fc.weight in the same way.
+    """
+    branches = draw(st.sampled_from([2, 3]))
+    groups = draw(st.integers(1, 3))
+    channels = groups * draw(st.integers(2 if groups == 1 else 1, 2))
+    training = draw(st.booleans())
+    return SKCase(
+        # Training-mode batch norm of z (N, d) needs at least 2 images.
+        n=draw(st.integers(max(min_n, 2) if training else min_n, 4)),
+        channels=channels,
+        h=branches + 2 + draw(st.integers(0, 2)),
+        w=branches + 2 + draw(st.integers(0, 2)),
+        branches=branches,
+        groups=groups,
+        stride=draw(st.sampled_from([1, 2])),
+        r=draw(st.integers(1, 4)),
+        L=draw(st.integers(2, 4)),
+        training=training,
+        seed=draw(seeds),
+    )
+
+
+# Cases every run checks, whatever hypothesis draws: both M, both strides, both modes, groups.
+M3_STRIDE2_TRAIN = SKCase(
+    3, 6, 6, 5, branches=3, groups=3, stride=2, r=2, L=2, training=True, seed=1
+)
+M2_STRIDE1_EVAL = SKCase(
+    4, 4, 5, 4, branches=2, groups=2, stride=1, r=1, L=3, training=False, seed=2
+)
+M2_STRIDE2_EVAL = SKCase(
+    3, 2, 4, 6, branches=2, groups=1, stride=2, r=4, L=2, training=False, seed=3
+)
+M3_STRIDE1_TRAIN = SKCase(
+    3, 3, 5, 5, branches=3, groups=1, stride=1, r=3, L=4, training=True, seed=4
+)

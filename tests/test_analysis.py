@@ -63,6 +63,11 @@ def test_attention_by_scale_shapes_and_consistency():
     direct = mean_attention(model, images, mean, std, batch_size=20)
     first = np.array(result["units"]["stages.0.0.sk"]["mean_attention"])[0]
     np.testing.assert_allclose(direct["stages.0.0.sk"], first, atol=1e-6)
+    # Nor does the backend the network runs on (in float32: equal to its rounding).
+    assert model.backend == "fast"
+    on_reference = mean_attention(model.set_backend("reference"), images, mean, std, batch_size=7)
+    for name, value in on_reference.items():
+        np.testing.assert_allclose(value, direct[name], atol=1e-5, err_msg=name)
 
 
 def test_analyze_command_writes_figures_and_numbers(tmp_path):

@@ -2,7 +2,9 @@
 
 ValueError for a wrong shape, size or value; TypeError for a wrong type or dtype (integer arrays,
 float32 mixed with float64, float labels). Each bad call below differs from a valid call (see
-test_the_valid_calls_succeed) in one argument only.
+test_the_valid_calls_succeed) in one argument only. The pairs that each backend has its own of
+(convolution, batch norm, ReLU, im2col / col2im) are called on both: the fast pairs check their
+arguments as the reference pairs do, before any kernel sees them.
 """
 
 from __future__ import annotations
@@ -11,24 +13,20 @@ import numpy as np
 import pytest
 
 from skscratch import (
-    batchnorm_backward,
-    batchnorm_forward,
     branch_softmax_backward,
     branch_softmax_forward,
-    col2im,
-    col2im_reference,
-    conv2d_backward,
-    conv2d_forward,
     global_avg_pool_backward,
     global_avg_pool_forward,
-    im2col,
-    im2col_reference,
     linear_backward,
     linear_forward,
-    relu_backward,
-    relu_forward,
     softmax_cross_entropy,
 )
+from skscratch.backends import BACKENDS, get_backend
+from skscratch.fast import im2col as fast_im2col
+from skscratch.im2col import col2im, im2col
+
+GATHERS = [("reference", im2col), ("fast", fast_im2col.im2col)]
+SCATTERS = [("reference", col2im), ("fast", fast_im2col.col2im)]
 
 rng = np.random.default_rng(0)
 
@@ -56,182 +54,219 @@ COLS = normal(2, 36, 9)
 WIN = {"stride": 2, "padding": 1}
 
 
-def _conv_cache(x=X, w=W, b=B):
-    return conv2d_forward(x, w, b, groups=2)[1]
+def _conv_cache(ops, x=X, w=W, b=B):
+    return ops.conv2d_forward(x, w, b, groups=2)[1]
 
 
-def _bn_cache(x=BN_X, training=True):
-    return batchnorm_forward(x, **BN, training=training)[3]
+def _bn_cache(ops, x=BN_X, training=True):
+    return ops.batchnorm_forward(x, **BN, training=training)[3]
 
 
 def _with(params, **changes):
     return {**params, **changes}
 
 
-def test_the_valid_calls_succeed():
-    conv2d_backward(DOUT, _conv_cache())
-    conv2d_backward(
-        DOUT.astype(np.float32), _conv_cache(*(a.astype(np.float32) for a in (X, W, B)))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_valid_calls_succeed(backend):
+    ops = get_backend(backend)
+    ops.conv2d_backward(DOUT, _conv_cache(ops))
+    ops.conv2d_backward(
+        DOUT.astype(np.float32), _conv_cache(ops, *(a.astype(np.float32) for a in (X, W, B)))
     )
-    batchnorm_backward(BN_X, _bn_cache())
-    batchnorm_backward(BN_X4, _bn_cache(BN_X4, training=False))
-    relu_backward(BN_X, relu_forward(BN_X)[1])
+    ops.batchnorm_backward(BN_X, _bn_cache(ops))
+    ops.batchnorm_backward(BN_X4, _bn_cache(ops, BN_X4, training=False))
+    ops.relu_backward(BN_X, ops.relu_forward(BN_X)[1])
+    ops.relu_backward(BN_X, ops.add_relu_forward(BN_X, BN_X)[1])
     global_avg_pool_backward(normal(2, 4), global_avg_pool_forward(X)[1])
     linear_backward(normal(3, 2), linear_forward(LIN_X, LIN_W, LIN_B)[1])
     branch_softmax_backward(LOGITS3, branch_softmax_forward(LOGITS3)[1])
     softmax_cross_entropy(LOGITS, LABELS)
-    for gather in (im2col, im2col_reference):
+    for _, gather in GATHERS:
         assert gather(X, 3, 3, **WIN).shape == COLS.shape
-    for scatter in (col2im, col2im_reference):
+    for _, scatter in SCATTERS:
         assert scatter(COLS, X.shape, 3, 3, **WIN).shape == X.shape
 
 
-def test_eval_mode_accepts_one_value_per_channel():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_eval_mode_accepts_one_value_per_channel(backend):
     # Only training needs batch statistics; evaluation uses the running ones.
-    out = batchnorm_forward(normal(1, 3), **BN, training=False)[0]
+    out = get_backend(backend).batchnorm_forward(normal(1, 3), **BN, training=False)[0]
     assert out.shape == (1, 3)
 
 
 F32 = np.float32
-CASES = [
+# The pairs that each backend has its own of: every case runs on both.
+PAIR_CASES = [
     # --- conv2d_forward
-    ("conv x 3-D", lambda: conv2d_forward(X[0], W, groups=2), ValueError, r"^x must have 4 dim"),
-    ("conv w 3-D", lambda: conv2d_forward(X, W[0], groups=2), ValueError, r"^w must have 4 dim"),
+    (
+        "conv x 3-D",
+        lambda ops: ops.conv2d_forward(X[0], W, groups=2),
+        ValueError,
+        r"^x must have 4 dim",
+    ),
+    (
+        "conv w 3-D",
+        lambda ops: ops.conv2d_forward(X, W[0], groups=2),
+        ValueError,
+        r"^w must have 4 dim",
+    ),
     (
         "conv input channels not divisible by groups",
-        lambda: conv2d_forward(normal(2, 3, 5, 5), normal(6, 1, 3, 3), groups=2),
+        lambda ops: ops.conv2d_forward(normal(2, 3, 5, 5), normal(6, 1, 3, 3), groups=2),
         ValueError,
         r"input channels \(3\) must be divisible by groups \(2\)",
     ),
     (
         "conv output channels not divisible by groups",
-        lambda: conv2d_forward(X, normal(5, 2, 3, 3), groups=2),
+        lambda ops: ops.conv2d_forward(X, normal(5, 2, 3, 3), groups=2),
         ValueError,
         r"output channels of w \(5\) must be divisible by groups \(2\)",
     ),
     (
         "conv weight shape mismatch",
-        lambda: conv2d_forward(X, normal(6, 4, 3, 3), groups=2),
+        lambda ops: ops.conv2d_forward(X, normal(6, 4, 3, 3), groups=2),
         ValueError,
         r"^w must have shape \(C_out, C_in // groups, KH, KW\)",
     ),
     (
         "conv bias of wrong length",
-        lambda: conv2d_forward(X, W, normal(5), groups=2),
+        lambda ops: ops.conv2d_forward(X, W, normal(5), groups=2),
         ValueError,
         r"^b must have shape \(6,\)",
     ),
-    ("conv bias 2-D", lambda: conv2d_forward(X, W, normal(6, 1), groups=2), ValueError, r"^b "),
+    (
+        "conv bias 2-D",
+        lambda ops: ops.conv2d_forward(X, W, normal(6, 1), groups=2),
+        ValueError,
+        r"^b ",
+    ),
     (
         "conv output size < 1",
-        lambda: conv2d_forward(normal(1, 1, 2, 2), normal(1, 1, 3, 3)),
+        lambda ops: ops.conv2d_forward(normal(1, 1, 2, 2), normal(1, 1, 3, 3)),
         ValueError,
         r"output size would be 0x0",
     ),
     (
         "conv output size < 1 by dilation",
-        lambda: conv2d_forward(normal(1, 1, 4, 9), normal(1, 1, 3, 3), dilation=2, padding=(0, 1)),
+        lambda ops: ops.conv2d_forward(
+            normal(1, 1, 4, 9), normal(1, 1, 3, 3), dilation=2, padding=(0, 1)
+        ),
         ValueError,
         r"output size would be 0x",
     ),
-    ("conv stride 0", lambda: conv2d_forward(X, W, stride=0, groups=2), ValueError, r"^stride"),
+    (
+        "conv stride 0",
+        lambda ops: ops.conv2d_forward(X, W, stride=0, groups=2),
+        ValueError,
+        r"^stride",
+    ),
     (
         "conv padding negative",
-        lambda: conv2d_forward(X, W, padding=(1, -1), groups=2),
+        lambda ops: ops.conv2d_forward(X, W, padding=(1, -1), groups=2),
         ValueError,
         r"^padding",
     ),
     (
         "conv dilation 0",
-        lambda: conv2d_forward(X, W, dilation=0, groups=2),
+        lambda ops: ops.conv2d_forward(X, W, dilation=0, groups=2),
         ValueError,
         "^dilation",
     ),
-    ("conv groups 0", lambda: conv2d_forward(X, W, groups=0), ValueError, r"^groups"),
-    ("conv stride float", lambda: conv2d_forward(X, W, stride=1.5, groups=2), TypeError, "^stride"),
-    ("conv groups float", lambda: conv2d_forward(X, W, groups=2.0), TypeError, r"^groups"),
+    ("conv groups 0", lambda ops: ops.conv2d_forward(X, W, groups=0), ValueError, r"^groups"),
+    (
+        "conv stride float",
+        lambda ops: ops.conv2d_forward(X, W, stride=1.5, groups=2),
+        TypeError,
+        "^stride",
+    ),
+    ("conv groups float", lambda ops: ops.conv2d_forward(X, W, groups=2.0), TypeError, r"^groups"),
     (
         "conv integer x",
-        lambda: conv2d_forward(X.astype(np.int64), W, groups=2),
+        lambda ops: ops.conv2d_forward(X.astype(np.int64), W, groups=2),
         TypeError,
         r"^x must have dtype float32 or float64, got int64",
     ),
     (
         "conv integer w",
-        lambda: conv2d_forward(X, W.astype(np.int32), groups=2),
+        lambda ops: ops.conv2d_forward(X, W.astype(np.int32), groups=2),
         TypeError,
         r"^w must have dtype",
     ),
     (
         "conv float32 x, float64 w",
-        lambda: conv2d_forward(X.astype(F32), W, groups=2),
+        lambda ops: ops.conv2d_forward(X.astype(F32), W, groups=2),
         TypeError,
         r"^w has dtype float64 but x has dtype float32",
     ),
     (
         "conv float32 b",
-        lambda: conv2d_forward(X, W, B.astype(F32), groups=2),
+        lambda ops: ops.conv2d_forward(X, W, B.astype(F32), groups=2),
         TypeError,
         r"^b has dtype float32",
     ),
     # --- conv2d_backward
     (
         "conv dout with wrong channels",
-        lambda: conv2d_backward(normal(2, 5, 3, 3), _conv_cache()),
+        lambda ops: ops.conv2d_backward(normal(2, 5, 3, 3), _conv_cache(ops)),
         ValueError,
         r"^dout",
     ),
     (
         "conv dout with wrong spatial size",
-        lambda: conv2d_backward(normal(2, 6, 3, 4), _conv_cache()),
+        lambda ops: ops.conv2d_backward(normal(2, 6, 3, 4), _conv_cache(ops)),
         ValueError,
         r"^dout",
     ),
     (
         # Same number of positions (6) as the forward output (2x3), in the wrong layout (3x2).
         "conv dout with spatial axes swapped",
-        lambda: conv2d_backward(
-            normal(1, 1, 3, 2), conv2d_forward(normal(1, 1, 3, 4), W[:1, :1, :2, :2])[1]
+        lambda ops: ops.conv2d_backward(
+            normal(1, 1, 3, 2), ops.conv2d_forward(normal(1, 1, 3, 4), W[:1, :1, :2, :2])[1]
         ),
         ValueError,
         r"^dout",
     ),
-    ("conv dout 3-D", lambda: conv2d_backward(DOUT[0], _conv_cache()), ValueError, r"^dout"),
+    (
+        "conv dout 3-D",
+        lambda ops: ops.conv2d_backward(DOUT[0], _conv_cache(ops)),
+        ValueError,
+        r"^dout",
+    ),
     (
         "conv float32 dout",
-        lambda: conv2d_backward(DOUT.astype(F32), _conv_cache()),
+        lambda ops: ops.conv2d_backward(DOUT.astype(F32), _conv_cache(ops)),
         TypeError,
         r"^dout has dtype float32",
     ),
     # --- batchnorm_forward / batchnorm_backward
     (
         "batchnorm x 3-D",
-        lambda: batchnorm_forward(normal(2, 3, 4), **BN),
+        lambda ops: ops.batchnorm_forward(normal(2, 3, 4), **BN),
         ValueError,
         r"^x must have 2 or 4 dim",
     ),
     (
         "batchnorm integer x",
-        lambda: batchnorm_forward(BN_X.astype(np.int64), **BN),
+        lambda ops: ops.batchnorm_forward(BN_X.astype(np.int64), **BN),
         TypeError,
         r"^x must have dtype",
     ),
     (
         "batchnorm training, 1 value per channel (N, C)",
-        lambda: batchnorm_forward(normal(1, 3), **BN, training=True),
+        lambda ops: ops.batchnorm_forward(normal(1, 3), **BN, training=True),
         ValueError,
         r"more than 1 value per channel, got x of shape \(1, 3\)",
     ),
     (
         "batchnorm training, 1 value per channel (N, C, H, W)",
-        lambda: batchnorm_forward(normal(1, 3, 1, 1), **BN, training=True),
+        lambda ops: ops.batchnorm_forward(normal(1, 3, 1, 1), **BN, training=True),
         ValueError,
         r"more than 1 value per channel, got x of shape \(1, 3, 1, 1\)",
     ),
     *[
         (
             f"batchnorm {name} of wrong shape",
-            lambda name=name: batchnorm_forward(BN_X, **_with(BN, **{name: normal(4)})),
+            lambda ops, name=name: ops.batchnorm_forward(BN_X, **_with(BN, **{name: normal(4)})),
             ValueError,
             rf"^{name} must have shape \(3,\)",
         )
@@ -239,14 +274,16 @@ CASES = [
     ],
     (
         "batchnorm gamma 2-D",
-        lambda: batchnorm_forward(BN_X, **_with(BN, gamma=normal(1, 3))),
+        lambda ops: ops.batchnorm_forward(BN_X, **_with(BN, gamma=normal(1, 3))),
         ValueError,
         r"^gamma must have 1 dim",
     ),
     *[
         (
             f"batchnorm float32 {name}",
-            lambda name=name: batchnorm_forward(BN_X, **_with(BN, **{name: BN[name].astype(F32)})),
+            lambda ops, name=name: ops.batchnorm_forward(
+                BN_X, **_with(BN, **{name: BN[name].astype(F32)})
+            ),
             TypeError,
             rf"^{name} has dtype float32 but x has dtype float64",
         )
@@ -254,44 +291,78 @@ CASES = [
     ],
     (
         "batchnorm integer running_var",
-        lambda: batchnorm_forward(BN_X, **_with(BN, running_var=np.ones(3, dtype=int))),
+        lambda ops: ops.batchnorm_forward(BN_X, **_with(BN, running_var=np.ones(3, dtype=int))),
         TypeError,
         r"^running_var must have dtype",
     ),
     (
         "batchnorm momentum above 1",
-        lambda: batchnorm_forward(BN_X, **BN, momentum=1.5),
+        lambda ops: ops.batchnorm_forward(BN_X, **BN, momentum=1.5),
         ValueError,
         r"^momentum",
     ),
-    ("batchnorm eps 0", lambda: batchnorm_forward(BN_X, **BN, eps=0.0), ValueError, r"^eps"),
+    (
+        "batchnorm eps 0",
+        lambda ops: ops.batchnorm_forward(BN_X, **BN, eps=0.0),
+        ValueError,
+        r"^eps",
+    ),
     (
         "batchnorm dout of wrong shape",
-        lambda: batchnorm_backward(normal(4, 2), _bn_cache()),
+        lambda ops: ops.batchnorm_backward(normal(4, 2), _bn_cache(ops)),
         ValueError,
         r"^dout must have shape \(4, 3\)",
     ),
     (
         "batchnorm dout of wrong shape, eval",
-        lambda: batchnorm_backward(normal(2, 3, 2, 1), _bn_cache(BN_X4, training=False)),
+        lambda ops: ops.batchnorm_backward(
+            normal(2, 3, 2, 1), _bn_cache(ops, BN_X4, training=False)
+        ),
         ValueError,
         r"^dout must have shape \(2, 3, 2, 2\)",
     ),
     (
         "batchnorm float32 dout",
-        lambda: batchnorm_backward(BN_X.astype(F32), _bn_cache()),
+        lambda ops: ops.batchnorm_backward(BN_X.astype(F32), _bn_cache(ops)),
         TypeError,
         r"^dout has dtype float32",
     ),
     # --- relu
-    ("relu integer x", lambda: relu_forward(np.arange(3)), TypeError, r"^x must have dtype"),
-    ("relu list of ints", lambda: relu_forward([1, 2]), TypeError, r"^x must have dtype"),
+    (
+        "relu integer x",
+        lambda ops: ops.relu_forward(np.arange(3)),
+        TypeError,
+        r"^x must have dtype",
+    ),
+    ("relu list of ints", lambda ops: ops.relu_forward([1, 2]), TypeError, r"^x must have dtype"),
     (
         "relu dout of wrong shape",
-        lambda: relu_backward(normal(3, 4), relu_forward(BN_X)[1]),
+        lambda ops: ops.relu_backward(normal(3, 4), ops.relu_forward(BN_X)[1]),
         ValueError,
         r"^dout must have shape \(4, 3\)",
     ),
+    (
+        "add_relu residual of another shape",
+        lambda ops: ops.add_relu_forward(BN_X, normal(3, 4)),
+        ValueError,
+        r"^residual must have shape \(4, 3\)",
+    ),
+    (
+        "add_relu float32 residual",
+        lambda ops: ops.add_relu_forward(BN_X, BN_X.astype(F32)),
+        TypeError,
+        r"^residual has dtype float32 but x has dtype float64",
+    ),
+    (
+        "add_relu integer x",
+        lambda ops: ops.add_relu_forward(BN_X.astype(int), BN_X),
+        TypeError,
+        r"^x must have dtype",
+    ),
+]
+
+# The pairs that both backends share.
+CASES = [
     # --- global average pooling
     ("pool x 3-D", lambda: global_avg_pool_forward(X[0]), ValueError, r"^x must have 4 dim"),
     (
@@ -442,27 +513,27 @@ CASES = [
         ValueError,
         r"^logits must hold at least one example",
     ),
-    # --- im2col / col2im, compiled and reference alike
+    # --- im2col / col2im, the reference and the fast versions alike
     *[
         case
-        for gather in (im2col, im2col_reference)
+        for version, gather in GATHERS
         for case in [
             (
-                f"{gather.__name__} x 3-D",
+                f"{version} im2col x 3-D",
                 lambda g=gather: g(X[0], 3, 3),
                 ValueError,
                 r"^x must have 4 dim",
             ),
             (
-                f"{gather.__name__} integer x",
+                f"{version} im2col integer x",
                 lambda g=gather: g(X.astype(np.int64), 3, 3),
                 TypeError,
                 r"^x must have dtype",
             ),
-            (f"{gather.__name__} kh 0", lambda g=gather: g(X, 0, 3), ValueError, r"^kh must be"),
-            (f"{gather.__name__} kw float", lambda g=gather: g(X, 3, 3.0), TypeError, r"^kw must"),
+            (f"{version} im2col kh 0", lambda g=gather: g(X, 0, 3), ValueError, r"^kh must be"),
+            (f"{version} im2col kw float", lambda g=gather: g(X, 3, 3.0), TypeError, r"^kw must"),
             (
-                f"{gather.__name__} output size < 1",
+                f"{version} im2col output size < 1",
                 lambda g=gather: g(X, 6, 3),
                 ValueError,
                 r"output size would be 0x3",
@@ -471,28 +542,28 @@ CASES = [
     ],
     *[
         case
-        for scatter in (col2im, col2im_reference)
+        for version, scatter in SCATTERS
         for case in [
             (
-                f"{scatter.__name__} cols of wrong shape",
+                f"{version} col2im cols of wrong shape",
                 lambda s=scatter: s(COLS[:, :-1], X.shape, 3, 3, **WIN),
                 ValueError,
                 r"^cols must have shape \(N, C\*KH\*KW, H_out\*W_out\) = \(2, 36, 9\)",
             ),
             (
-                f"{scatter.__name__} cols 2-D",
+                f"{version} col2im cols 2-D",
                 lambda s=scatter: s(COLS[0], X.shape, 3, 3, **WIN),
                 ValueError,
                 r"^cols must have 3 dim",
             ),
             (
-                f"{scatter.__name__} x_shape 3-D",
+                f"{version} col2im x_shape 3-D",
                 lambda s=scatter: s(COLS, X.shape[1:], 3, 3, **WIN),
                 ValueError,
                 r"^x_shape must be \(N, C, H, W\)",
             ),
             (
-                f"{scatter.__name__} integer cols",
+                f"{version} col2im integer cols",
                 lambda s=scatter: s(COLS.astype(np.int64), X.shape, 3, 3, **WIN),
                 TypeError,
                 r"^cols must have dtype",
@@ -500,6 +571,15 @@ CASES = [
         ]
     ],
 ]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "call, error, message", [pytest.param(*case[1:], id=case[0]) for case in PAIR_CASES]
+)
+def test_bad_input_to_a_pair_is_refused_naming_the_argument(call, error, message, backend):
+    with pytest.raises(error, match=message):
+        call(get_backend(backend))
 
 
 @pytest.mark.parametrize(

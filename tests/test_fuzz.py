@@ -28,6 +28,10 @@ two outcomes is required is spelled out in `expected_outcome`; it follows the pa
 
 A backward result is compared with the same backward on a plain (C-contiguous, writable) copy of
 the same values; the gradient checks of test_ops.py establish that one.
+
+The pairs that each backend has its own of (convolution, with every algorithm of the fast one,
+batch norm, ReLU, im2col / col2im, the SK unit) and the modules run on a backend drawn with the
+other arguments: the same rules hold for both.
 """
 
 from __future__ import annotations
@@ -35,17 +39,19 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import reference
 from conftest import (
+    CONV_VERSIONS,
     any_shapes,
     batchnorm_cases,
     branch_shapes,
     classification_shapes,
     conv_cases,
+    conv_pair,
     linear_shapes,
     nchw_shapes,
     seeds,
@@ -55,29 +61,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from skscratch import (
-    batchnorm_backward,
-    batchnorm_forward,
-    batchnorm_relu_backward,
-    batchnorm_relu_forward,
     branch_softmax_backward,
     branch_softmax_forward,
-    col2im,
-    col2im_reference,
-    conv2d_backward,
-    conv2d_forward,
     global_avg_pool_backward,
     global_avg_pool_forward,
-    im2col,
-    im2col_reference,
     linear_backward,
     linear_forward,
     nn,
-    relu_backward,
-    relu_forward,
-    sk_unit_backward,
-    sk_unit_forward,
     softmax_cross_entropy,
 )
+from skscratch.backends import BACKENDS, get_backend
+from skscratch.fast import im2col as fast_im2col
+from skscratch.im2col import col2im, im2col
 from skscratch.sk import sk_param_shapes
 
 KINDS = (
@@ -111,6 +106,7 @@ REFUSED_DTYPES = {
     "object": object,
 }
 dtypes = st.sampled_from([np.float32, np.float64])
+backends = st.sampled_from(BACKENDS).map(get_backend)
 # NaN and inf are among the inputs on purpose: numpy's warnings about them are expected.
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 # Every corruption is a test of its own (by parametrize), which hypothesis gives a few examples:
@@ -132,6 +128,8 @@ class Arg:
     optional: bool = False  # None is a valid value
     empty_batch: bool = False  # axis 0 may have size 0
     any_shape: bool = False  # elementwise: any number of axes, any of them empty
+    # An argument whose shape this one's must equal: an error about the two may name either.
+    partner: str | None = None
 
 
 def corrupt(value, how: str, data) -> tuple[object, int | None]:
@@ -256,14 +254,15 @@ def corrupt_argument(arg: Arg, value, how: str, dtype, data) -> tuple[object, st
 REFUSED = object()
 
 
-def attempt(call: Callable, blamed: str | None):
-    """call(); or REFUSED if it raised ValueError or TypeError naming `blamed` (anything else
-    raised fails the test, as does an error when nothing was corrupted)."""
+def attempt(call: Callable, blamed: str | None, partner: str | None = None):
+    """call(); or REFUSED if it raised ValueError or TypeError naming `blamed` (or its partner,
+    see Arg); anything else raised fails the test, as does an error when nothing was corrupted."""
     try:
         return call()
     except (ValueError, TypeError) as exc:
         assert blamed is not None, f"a valid call was refused: {exc!r}"
-        assert re.search(rf"\b{re.escape(blamed)}\b", str(exc)), f"{exc!r} does not name {blamed}"
+        names = "|".join(re.escape(name) for name in (blamed, partner) if name)
+        assert re.search(rf"\b({names})\b", str(exc)), f"{exc!r} does not name {blamed}"
         return REFUSED
 
 
@@ -343,7 +342,8 @@ def fuzz(call: Call, how: str, data) -> None:
         )
 
     before = snapshot(args)
-    result = attempt(lambda: call.forward(**args), target if in_forward else None)
+    partner = call.specs[target].partner if in_forward else None
+    result = attempt(lambda: call.forward(**args), target if in_forward else None, partner)
     assert snapshot(args) == before, "the forward pass changed an argument"
     if result is REFUSED:
         assert expected == "error", f"{target} ({how}) was refused"
@@ -379,11 +379,13 @@ def fuzz(call: Call, how: str, data) -> None:
 
 
 @pytest.mark.parametrize("how", KINDS)
-@given(conv_cases(), st.sampled_from(["auto", "reference", "im2col", "direct"]), dtypes, st.data())
+@given(conv_cases(), st.sampled_from(CONV_VERSIONS), dtypes, st.data())
 @fuzz_settings
-def test_conv2d(how, case, method, dtype, data):
+def test_conv2d(how, case, version, dtype, data):
+    conv2d_forward, conv2d_backward = conv_pair(version)
+
     def forward(x, w, b):
-        out, cache = conv2d_forward(x, w, b, **case.options, method=method)
+        out, cache = conv2d_forward(x, w, b, **case.options)
         return (out,), cache
 
     def ref(x, w, b):
@@ -400,11 +402,11 @@ BN_KEYS = ("gamma", "beta", "running_mean", "running_var")
 
 
 @pytest.mark.parametrize("how", KINDS)
-@given(batchnorm_cases(), dtypes, st.data())
+@given(batchnorm_cases(), backends, dtypes, st.data())
 @fuzz_settings
-def test_batchnorm(how, case, dtype, data):
+def test_batchnorm(how, case, ops, dtype, data):
     def forward(**args):
-        out, mean, var, cache = batchnorm_forward(**args, training=case.training)
+        out, mean, var, cache = ops.batchnorm_forward(**args, training=case.training)
         return (out, mean, var), cache
 
     def ref(**args):
@@ -412,21 +414,20 @@ def test_batchnorm(how, case, dtype, data):
 
     specs = {"x": Arg(empty_batch=not case.training), **{k: Arg() for k in BN_KEYS}}
     fuzz(
-        Call(forward, batchnorm_backward, ref, case.arrays(dtype), specs | {"dout": Arg()}),
+        Call(forward, ops.batchnorm_backward, ref, case.arrays(dtype), specs | {"dout": Arg()}),
         how,
         data,
     )
 
 
 @pytest.mark.parametrize("how", KINDS)
-@given(batchnorm_cases(), st.booleans(), dtypes, st.data())
+@given(batchnorm_cases(), st.booleans(), backends, dtypes, st.data())
 @fuzz_settings
-def test_batchnorm_relu(how, case, relu, dtype, data):
-    if len(case.shape) == 2:  # as (N, C, 1, 1): still N values per channel
-        case = replace(case, shape=(*case.shape, 1, 1))
-
+def test_batchnorm_relu(how, case, relu, ops, dtype, data):
     def forward(**args):
-        out, mean, var, cache = batchnorm_relu_forward(**args, training=case.training, relu=relu)
+        out, mean, var, cache = ops.batchnorm_relu_forward(
+            **args, training=case.training, relu=relu
+        )
         return (out, mean, var), cache
 
     def ref(**args):
@@ -434,7 +435,9 @@ def test_batchnorm_relu(how, case, relu, dtype, data):
         return (reference.relu(out) if relu else out), mean, var
 
     specs = {"x": Arg(empty_batch=not case.training), **{k: Arg() for k in BN_KEYS}}
-    call = Call(forward, batchnorm_relu_backward, ref, case.arrays(dtype), specs | {"dout": Arg()})
+    call = Call(
+        forward, ops.batchnorm_relu_backward, ref, case.arrays(dtype), specs | {"dout": Arg()}
+    )
     fuzz(call, how, data)
 
 
@@ -452,15 +455,31 @@ def _pair(forward_fn: Callable, backward_fn: Callable) -> tuple[Callable, Callab
 
 
 @pytest.mark.parametrize("how", KINDS)
-@given(any_shapes(), seeds, dtypes, st.data())
+@given(any_shapes(), seeds, backends, dtypes, st.data())
 @fuzz_settings
-def test_relu(how, shape, seed, dtype, data):
+def test_relu(how, shape, seed, ops, dtype, data):
     x = np.random.default_rng(seed).standard_normal(shape).astype(dtype)
     specs = {"x": Arg(alone=True, any_shape=True), "dout": Arg()}
     call = Call(
-        *_pair(relu_forward, relu_backward), lambda x: (reference.relu(x),), {"x": x}, specs
+        *_pair(ops.relu_forward, ops.relu_backward),
+        lambda x: (reference.relu(x),),
+        {"x": x},
+        specs,
     )
     fuzz(call, how, data)
+
+
+@pytest.mark.parametrize("how", KINDS)
+@given(any_shapes(), seeds, backends, dtypes, st.data())
+@fuzz_settings
+def test_add_relu(how, shape, seed, ops, dtype, data):
+    rng = np.random.default_rng(seed)
+    args = {name: rng.standard_normal(shape).astype(dtype) for name in ("x", "residual")}
+    # Elementwise, so any shape goes, but x and residual must have the same one.
+    specs = {"x": Arg(partner="residual"), "residual": Arg(partner="x"), "dout": Arg()}
+    forward, backward = _pair(ops.add_relu_forward, ops.relu_backward)
+    ref = lambda x, residual: (reference.relu(x + residual),)  # noqa: E731
+    fuzz(Call(forward, backward, ref, args, specs), how, data)
 
 
 @pytest.mark.parametrize("how", KINDS)
@@ -535,7 +554,7 @@ def test_softmax_cross_entropy(how, shape, seed, dtype, data):
 @given(windows(), st.integers(0, 2), st.integers(1, 3), seeds, dtypes, st.data())
 @fuzz_settings
 def test_im2col(how, win, n, c, seed, dtype, data):
-    gather = data.draw(st.sampled_from([im2col, im2col_reference]), label="version")
+    gather = data.draw(st.sampled_from([im2col, fast_im2col.im2col]), label="version")
     x = np.random.default_rng(seed).standard_normal((n, c, win.h, win.w)).astype(dtype)
 
     def forward(x):
@@ -551,7 +570,7 @@ def test_im2col(how, win, n, c, seed, dtype, data):
 @given(windows(), st.integers(0, 2), st.integers(1, 3), seeds, dtypes, st.data())
 @fuzz_settings
 def test_col2im(how, win, n, c, seed, dtype, data):
-    scatter = data.draw(st.sampled_from([col2im, col2im_reference]), label="version")
+    scatter = data.draw(st.sampled_from([col2im, fast_im2col.col2im]), label="version")
     ho, wo = win.out_hw
     rng = np.random.default_rng(seed)
     args = {
@@ -625,17 +644,17 @@ def sk_units(draw):
 
 
 @pytest.mark.parametrize("how", KINDS)
-@given(sk_units(), st.data())
+@given(sk_units(), backends, st.data())
 @slow_fuzz_settings
-def test_sk_unit(how, unit, data):
+def test_sk_unit(how, unit, ops, data):
     options, x, params = unit
 
     def forward(x, params):
-        out, cache = sk_unit_forward(x, params, **options)
+        out, cache = ops.sk_unit_forward(x, params, **options)
         return (out,), cache
 
     def backward(dout, cache):
-        dx, grads = sk_unit_backward(dout, cache)
+        dx, grads = ops.sk_unit_backward(dout, cache)
         return dx, *(grads[key] for key in sorted(grads))
 
     def ref(x, params):
@@ -750,6 +769,7 @@ def test_module(how, name, data):
     """Each forward and backward runs on a fresh copy of the module; its parameters and its
     running statistics are replaced, never changed in place."""
     module, x, empty_batch = data.draw(modules(name), label="module")
+    module.set_backend(data.draw(st.sampled_from(BACKENDS), label="backend"))
 
     def forward(x):
         copied = copy.deepcopy(module)

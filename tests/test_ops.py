@@ -1,9 +1,11 @@
-"""Every forward/backward pair against independent references.
+"""Every reference pair (the plain-NumPy teaching modules) against independent references.
 
 For each operation: the forward pass against the nested loops of tests/reference.py (and, for the
 convolution, against scipy.signal.correlate); the backward pass against centred finite
-differences in float64, weighted by a random upstream gradient; dtypes kept; inputs never
-modified; read-only and non-contiguous inputs accepted.
+differences in float64, weighted by a random upstream gradient. The compositions of
+skscratch.layers against their parts. Then, for the pairs of both backends: dtypes kept; inputs
+never modified; read-only and non-contiguous inputs accepted. (test_fast.py shows that every fast
+pair gives the result of its reference pair.)
 """
 
 from __future__ import annotations
@@ -16,14 +18,17 @@ import numpy as np
 import pytest
 import reference
 from conftest import (
+    CONV_VERSIONS,
     any_shapes,
     batchnorm_cases,
     branch_shapes,
     classification_shapes,
     conv_cases,
+    conv_pair,
     linear_shapes,
     nchw_shapes,
     seeds,
+    windows,
 )
 from hypothesis import given
 from hypothesis import strategies as st
@@ -32,25 +37,22 @@ from scipy import signal
 from skscratch import (
     batchnorm_backward,
     batchnorm_forward,
-    batchnorm_relu_backward,
-    batchnorm_relu_forward,
     branch_softmax_backward,
     branch_softmax_forward,
-    col2im,
-    col2im_reference,
     conv2d_backward,
     conv2d_forward,
     global_avg_pool_backward,
     global_avg_pool_forward,
-    im2col,
-    im2col_reference,
     linear_backward,
     linear_forward,
     relu_backward,
     relu_forward,
     softmax_cross_entropy,
 )
+from skscratch.backends import BACKENDS, Backend, get_backend
 from skscratch.gradcheck import check_gradients, numerical_gradient, rel_error
+from skscratch.im2col import col2im, im2col
+from skscratch.layers import add_relu_forward, batchnorm_relu_backward, batchnorm_relu_forward
 
 # Centred differences with h = 1e-6 in float64 are good to about 1e-9 on these small, well
 # scaled cases; a wrong backward pass is off by far more than 1e-6.
@@ -130,6 +132,99 @@ def test_conv_without_bias_has_no_bias_gradient():
     assert conv2d_backward(rng.standard_normal(out.shape), cache)[2] is None
 
 
+@given(st.integers(1, 4), windows(), seeds)
+def test_depthwise_conv_gradients(channels, window, seed):
+    rng = np.random.default_rng(seed)
+    inputs = {
+        "x": rng.standard_normal((2, channels, window.h, window.w)),
+        "w": rng.standard_normal((channels, 1, window.kh, window.kw)),
+        "b": rng.standard_normal(channels),
+    }
+    opts = {**window.options, "groups": channels}
+    errors = check_gradients(conv2d_forward, conv2d_backward, inputs, fixed=opts, seed=seed + 1)
+    assert_gradients_match(errors, inputs)
+
+
+@given(conv_cases(max_kernel=1, max_padding=0, max_stride=1))
+def test_one_by_one_conv_is_a_matrix_product_over_channels(case):
+    # A 1x1 kernel with stride 1 and no padding mixes channels pixel by pixel (dilation does
+    # nothing with a single tap).
+    a = case.arrays()
+    x, w, b = a["x"], a["w"], a["b"]
+    out, _ = conv2d_forward(x, w, b, **case.options)
+    g = case.groups
+    x_g = x.reshape(case.n, g, case.c_in // g, *x.shape[2:])
+    w_g = w.reshape(g, case.c_out // g, case.c_in // g)
+    expected = np.einsum("goc,ngchw->ngohw", w_g, x_g).reshape(out.shape)
+    if b is not None:
+        expected += b[:, None, None]
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+    inputs = {name: v for name, v in a.items() if v is not None}
+    errors = check_gradients(
+        conv2d_forward, conv2d_backward, inputs, fixed=case.options, seed=case.seed + 1
+    )
+    assert_gradients_match(errors, inputs)
+
+
+@pytest.mark.parametrize("version", CONV_VERSIONS)
+def test_input_grad_false_skips_only_dx(version):
+    forward, backward = conv_pair(version)
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((3, 4, 7, 6))
+    w, b = rng.standard_normal((4, 2, 3, 3)), rng.standard_normal(4)
+    options = dict(stride=2, padding=1, groups=2)
+    out, cache = forward(x, w, b, **options)
+    dout = rng.standard_normal(out.shape)
+    dx, dw, db = backward(dout, cache)
+    _, cache = forward(x, w, b, **options)
+    none, dw_only, db_only = backward(dout, cache, input_grad=False)
+    assert none is None and dx.shape == x.shape
+    np.testing.assert_array_equal(dw_only, dw)
+    np.testing.assert_array_equal(db_only, db)
+
+
+# --- im2col / col2im ---------------------------------------------------------------------------
+
+# Dilations and strides up to 3 that rarely divide the input evenly, and padding up to 4, larger
+# than any kernel (whole windows then read only padding).
+gather_windows = windows(max_kernel=4, max_stride=3, max_dilation=3, max_padding=4)
+
+
+@given(gather_windows, st.integers(0, 2), st.integers(1, 3), seeds)
+def test_im2col_matches_loops_exactly(window, n, c, seed):
+    x = np.random.default_rng(seed).standard_normal((n, c, window.h, window.w))
+    cols = im2col(x, window.kh, window.kw, **window.options)
+    ho, wo = window.out_hw
+    assert cols.shape == (n, c * window.kh * window.kw, ho * wo)
+    # A gather only copies values: any difference at all is a wrong index.
+    assert np.array_equal(cols, reference.im2col(x, window.kh, window.kw, **window.options))
+
+
+@given(gather_windows, st.integers(0, 2), st.integers(1, 3), seeds)
+def test_col2im_matches_loops(window, n, c, seed):
+    ho, wo = window.out_hw
+    cols = np.random.default_rng(seed).standard_normal((n, c * window.kh * window.kw, ho * wo))
+    args = (cols, (n, c, window.h, window.w), window.kh, window.kw)
+    dx = col2im(*args, **window.options)
+    np.testing.assert_allclose(
+        dx, reference.col2im(*args, **window.options), rtol=1e-12, atol=1e-12
+    )
+
+
+@given(gather_windows, st.integers(1, 2), st.integers(1, 3), seeds)
+def test_col2im_is_the_adjoint_of_im2col(window, n, c, seed):
+    # <im2col(x), cols> == <x, col2im(cols)> for all x and cols: what makes col2im the backward
+    # pass of im2col.
+    rng = np.random.default_rng(seed)
+    ho, wo = window.out_hw
+    x = rng.standard_normal((n, c, window.h, window.w))
+    cols = rng.standard_normal((n, c * window.kh * window.kw, ho * wo))
+    opts = window.options
+    lhs = np.sum(im2col(x, window.kh, window.kw, **opts) * cols)
+    rhs = np.sum(x * col2im(cols, x.shape, window.kh, window.kw, **opts))
+    assert lhs == pytest.approx(rhs, rel=1e-12, abs=1e-12)
+
+
 # --- batch norm --------------------------------------------------------------------------------
 
 
@@ -148,7 +243,9 @@ def test_batchnorm_forward_matches_loops(case):
 def test_batchnorm_gradients(training, data):
     # The channels of x have spread-out values (conftest), so the batch variance is never tiny
     # and the curvature of the normalisation does not swamp the finite differences; and at
-    # least 3 values per channel, see conftest.batchnorm_shapes.
+    # least 3 values per channel, see conftest.batchnorm_shapes. With only 3 values, dx can be
+    # small next to the loss: x of shape (3, 1) gave a relative error of 1.1e-6 at h = 1e-6 from
+    # rounding (eps * |L| / h), 3.6e-8 at h = 1e-5, where the curvature term is still far below.
     case = data.draw(batchnorm_cases(training=training, min_per_channel=3))
     a = case.arrays()
     inputs = {name: a[name] for name in ("x", "gamma", "beta")}
@@ -158,6 +255,7 @@ def test_batchnorm_gradients(training, data):
         batchnorm_backward,
         inputs,
         fixed={**fixed, "training": training},
+        h=1e-5,
         seed=case.seed + 1,
     )
     assert_gradients_match(errors, inputs)
@@ -268,24 +366,27 @@ def test_all_ones_dout_hides_batchnorm_backward_without_the_variance_term():
     assert np.abs(_batchnorm_dx_missing("variance", ones, cache) - dx_numeric(ones)).max() < 1e-6
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_fused_batchnorm_relu_backward_masks_exactly_where_the_forward_output_is_zero(dtype):
-    # The fused backward recomputes the ReLU mask from x rather than keeping the output. Inputs
-    # within 64 ulps of the kink (scale * x + shift = 0) show any rounding that differs from
-    # the forward's; in evaluation mode dx is nonzero exactly where the gradient passed.
-    rng = np.random.default_rng(6)
-    c = 3
-    gamma = rng.uniform(0.5, 2, c).astype(dtype)
-    beta, mean = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
-    var = rng.uniform(0.5, 2, c).astype(dtype)
-    kink = mean - beta * np.sqrt(var + 1e-5) / gamma  # where gamma * xhat + beta = 0
-    ulps = rng.integers(-64, 65, (64, c, 4, 4))
-    x = kink[None, :, None, None] + ulps * np.spacing(kink)[None, :, None, None]
-    x = x.astype(dtype)
-    out, _, _, cache = batchnorm_relu_forward(x, gamma, beta, mean, var, training=False)
-    assert (out == 0).any() and (out > 0).any()
-    dx, _, _ = batchnorm_relu_backward(np.ones_like(x), cache)
-    np.testing.assert_array_equal(dx != 0, out > 0)
+@pytest.mark.parametrize("relu", [True, False])
+@given(batchnorm_cases())
+def test_batchnorm_relu_is_batch_norm_then_relu(relu, case):
+    """The composition of skscratch.layers against the loops, and its backward against its
+    parts' backward passes run in reverse order (the parts' gradients are checked above)."""
+    a = case.arrays()
+    out, new_mean, new_var, cache = batchnorm_relu_forward(**a, training=case.training, relu=relu)
+    expected_out, expected_mean, expected_var = reference.batchnorm(**a, training=case.training)
+    if relu:
+        expected_out = reference.relu(expected_out)
+    np.testing.assert_allclose(out, expected_out, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(new_mean, expected_mean, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(new_var, expected_var, rtol=1e-12, atol=1e-14)
+
+    dout = np.random.default_rng(case.seed + 1).standard_normal(case.shape)
+    bn_out, _, _, bn_cache = batchnorm_forward(**a, training=case.training)
+    d = relu_backward(dout, relu_forward(bn_out)[1]) if relu else dout
+    for got, expected in zip(
+        batchnorm_relu_backward(dout, cache), batchnorm_backward(d, bn_cache), strict=True
+    ):
+        np.testing.assert_array_equal(got, expected)
 
 
 # --- ReLU --------------------------------------------------------------------------------------
@@ -310,20 +411,29 @@ def test_relu_gradients(shape, seed):
 
 
 @given(any_shapes(), seeds)
-def test_relu_of_a_sum_is_the_relu_of_the_sum(shape, seed):
+def test_add_relu_is_the_relu_of_the_sum(shape, seed):
     rng = np.random.default_rng(seed)
     x, residual = rng.standard_normal(shape), rng.standard_normal(shape)
-    out, cache = relu_forward(x, residual)
+    out, cache = add_relu_forward(x, residual)
     np.testing.assert_array_equal(out, reference.relu(x + residual))
     assert cache.out is out
 
 
-def test_relu_residual_of_another_shape_or_dtype_is_refused():
-    x = np.ones((2, 3))
-    with pytest.raises(ValueError, match="residual must have shape"):
-        relu_forward(x, np.ones((3, 2)))
-    with pytest.raises(TypeError, match="residual has dtype float32 but x has dtype float64"):
-        relu_forward(x, np.ones((2, 3), np.float32))
+def _add_relu_backward(dout, cache):
+    """add_relu_forward's backward: relu_backward's dx is the gradient of both terms."""
+    dx = relu_backward(dout, cache)
+    return dx, dx
+
+
+@given(any_shapes(), seeds)
+def test_add_relu_gradients(shape, seed):
+    rng = np.random.default_rng(seed)
+    # The sum is kept at least 0.1 away from ReLU's kink (see test_relu_gradients).
+    total = rng.choice([-1.0, 1.0], shape) * rng.uniform(0.1, 2.0, shape)
+    residual = rng.standard_normal(shape)
+    inputs = {"x": total - residual, "residual": residual}
+    errors = check_gradients(add_relu_forward, _add_relu_backward, inputs, seed=seed + 1)
+    assert_gradients_match(errors, inputs)
 
 
 def test_relu_gradient_at_zero_is_zero():
@@ -473,7 +583,7 @@ def test_cross_entropy_of_extreme_logits_is_exact():
     np.testing.assert_allclose(dlogits, [[1.0, 0.0, -1.0]], atol=1e-12)
 
 
-# --- every operation: dtypes, untouched inputs, read-only and non-contiguous arrays ------------
+# --- every pair of both backends: dtypes, untouched inputs, read-only and non-contiguous arrays -
 
 
 @dataclass(frozen=True)
@@ -511,10 +621,12 @@ def _make_conv(x_shape, w_shape, out_shape):
     return make
 
 
-def _run_conv(**options):
+def _run_conv(version, **options):
+    forward, backward = conv_pair(version)
+
     def run(a):
-        out, cache = conv2d_forward(a["x"], a["w"], a["b"], **options)
-        dx, dw, db = conv2d_backward(a["dout"], cache)
+        out, cache = forward(a["x"], a["w"], a["b"], **options)
+        dx, dw, db = backward(a["dout"], cache)
         return {"out": out, "dx": dx, "dw": dw, "db": db}
 
     return run
@@ -535,11 +647,18 @@ def _make_batchnorm(shape):
     return make
 
 
-def _run_batchnorm(training):
+def _run_batchnorm(ops: Backend, training: bool, relu: bool | None = None):
+    """Batch norm alone (relu None), or batchnorm_relu_forward with that relu."""
+    if relu is None:
+        forward, backward, options = ops.batchnorm_forward, ops.batchnorm_backward, {}
+    else:
+        forward, backward = ops.batchnorm_relu_forward, ops.batchnorm_relu_backward
+        options = {"relu": relu}
+
     def run(a):
         params = {k: a[k] for k in ("gamma", "beta", "running_mean", "running_var")}
-        out, new_mean, new_var, cache = batchnorm_forward(a["x"], **params, training=training)
-        dx, dgamma, dbeta = batchnorm_backward(a["dout"], cache)
+        out, new_mean, new_var, cache = forward(a["x"], **params, training=training, **options)
+        dx, dgamma, dbeta = backward(a["dout"], cache)
         return {
             "out": out,
             "running_mean": new_mean,
@@ -552,9 +671,20 @@ def _run_batchnorm(training):
     return run
 
 
-def _run_relu(a):
-    out, cache = relu_forward(a["x"])
-    return {"out": out, "dx": relu_backward(a["dout"], cache)}
+def _run_relu(ops: Backend):
+    def run(a):
+        out, cache = ops.relu_forward(a["x"])
+        return {"out": out, "dx": ops.relu_backward(a["dout"], cache)}
+
+    return run
+
+
+def _run_add_relu(ops: Backend):
+    def run(a):
+        out, cache = ops.add_relu_forward(a["x"], a["residual"])
+        return {"out": out, "dx": ops.relu_backward(a["dout"], cache)}
+
+    return run
 
 
 def _run_pool(a):
@@ -578,39 +708,94 @@ def _run_cross_entropy(a):
     return {"loss": loss, "dlogits": dlogits}
 
 
-def _run_im2col(a):
-    return {
-        "cols": im2col(a["x"], 2, 3, **WINDOW_OPTIONS),
-        "cols_reference": im2col_reference(a["x"], 2, 3, **WINDOW_OPTIONS),
-        "dx": col2im(a["cols"], a["x"].shape, 2, 3, **WINDOW_OPTIONS),
-        "dx_reference": col2im_reference(a["cols"], a["x"].shape, 2, 3, **WINDOW_OPTIONS),
-    }
+def _run_im2col(backend: str):
+    if backend == "reference":
+        gather, scatter = im2col, col2im
+    else:
+        from skscratch.fast import im2col as fast_im2col
+
+        gather, scatter = fast_im2col.im2col, fast_im2col.col2im
+
+    def run(a):
+        return {
+            "cols": gather(a["x"], 2, 3, **WINDOW_OPTIONS),
+            "dx": scatter(a["cols"], a["x"].shape, 2, 3, **WINDOW_OPTIONS),
+        }
+
+    return run
+
+
+def _ops_of(backend: str) -> list[Op]:
+    """The pairs of a backend that differ from the other backend's, each on a few shapes."""
+    ops = get_backend(backend)
+    versions = [v for v in CONV_VERSIONS if v.split("-")[0] == backend]
+    like = {"x": (3, 4), "residual": (3, 4), "dout": (3, 4)}
+    run_twice = [
+        # Strided, and stride 1: the two may take different code paths inside a convolution.
+        (
+            "conv2d_strided",
+            _make_conv((2, 4, 6, 5), (6, 2, 3, 2), (2, 6, 3, 5)),
+            lambda v: _run_conv(v, stride=(2, 1), padding=1, dilation=(1, 2), groups=2),
+        ),
+        (
+            "conv2d_grouped_stride1",
+            _make_conv((2, 4, 5, 5), (4, 2, 3, 3), (2, 4, 5, 5)),
+            lambda v: _run_conv(v, padding=(2, 1), dilation=(2, 1), groups=2),
+        ),
+        (
+            "conv2d_dense_stride1",
+            _make_conv((1, 3, 4, 4), (2, 3, 3, 3), (1, 2, 4, 4)),
+            lambda v: _run_conv(v, padding=1),
+        ),
+        (
+            "conv2d_1x1_stride2",
+            _make_conv((2, 4, 5, 4), (3, 4, 1, 1), (2, 3, 3, 2)),
+            lambda v: _run_conv(v, stride=2),
+        ),
+    ]
+    return [
+        *[Op(f"{name}[{v}]", make, run(v)) for name, make, run in run_twice for v in versions],
+        Op(
+            f"batchnorm_train_nchw[{backend}]",
+            _make_batchnorm((3, 2, 2, 2)),
+            _run_batchnorm(ops, True),
+        ),
+        Op(f"batchnorm_eval_nc[{backend}]", _make_batchnorm((4, 3)), _run_batchnorm(ops, False)),
+        Op(
+            f"batchnorm_relu_train_nc[{backend}]",
+            _make_batchnorm((5, 3)),
+            _run_batchnorm(ops, True, relu=True),
+        ),
+        Op(
+            f"batchnorm_relu_eval_nchw[{backend}]",
+            _make_batchnorm((2, 3, 2, 3)),
+            _run_batchnorm(ops, False, relu=True),
+        ),
+        Op(
+            f"relu[{backend}]",
+            lambda rng, dt: {"x": _normal(rng, (3, 4), dt), "dout": _normal(rng, (3, 4), dt)},
+            _run_relu(ops),
+        ),
+        Op(
+            f"add_relu[{backend}]",
+            lambda rng, dt: {k: _normal(rng, shape, dt) for k, shape in like.items()},
+            _run_add_relu(ops),
+        ),
+        Op(
+            f"im2col_col2im[{backend}]",
+            # x: (2, 3, 5, 4) with a 2x3 kernel gives a 3x2 output, so cols is (2, 3*2*3, 3*2).
+            lambda rng, dt: {
+                "x": _normal(rng, (2, 3, 5, 4), dt),
+                "cols": _normal(rng, (2, 18, 6), dt),
+            },
+            _run_im2col(backend),
+        ),
+    ]
 
 
 OPS = [
-    # Strided, and stride 1: the two may take different code paths inside conv2d_forward.
-    Op(
-        "conv2d_strided",
-        _make_conv((2, 4, 6, 5), (6, 2, 3, 2), (2, 6, 3, 5)),
-        _run_conv(stride=(2, 1), padding=1, dilation=(1, 2), groups=2),
-    ),
-    Op(
-        "conv2d_grouped_stride1",
-        _make_conv((2, 4, 5, 5), (4, 2, 3, 3), (2, 4, 5, 5)),
-        _run_conv(padding=(2, 1), dilation=(2, 1), groups=2),
-    ),
-    Op(
-        "conv2d_dense_stride1",
-        _make_conv((1, 3, 4, 4), (2, 3, 3, 3), (1, 2, 4, 4)),
-        _run_conv(padding=1),
-    ),
-    Op("batchnorm_train_nchw", _make_batchnorm((3, 2, 2, 2)), _run_batchnorm(True)),
-    Op("batchnorm_eval_nc", _make_batchnorm((4, 3)), _run_batchnorm(False)),
-    Op(
-        "relu",
-        lambda rng, dt: {"x": _normal(rng, (3, 4), dt), "dout": _normal(rng, (3, 4), dt)},
-        _run_relu,
-    ),
+    *(op for backend in BACKENDS for op in _ops_of(backend)),
+    # The same pairs in both backends.
     Op(
         "global_avg_pool",
         lambda rng, dt: {"x": _normal(rng, (2, 3, 2, 2), dt), "dout": _normal(rng, (2, 3), dt)},
@@ -638,12 +823,6 @@ OPS = [
         "softmax_cross_entropy",
         lambda rng, dt: {"logits": _normal(rng, (3, 5), dt), "labels": np.array([0, 4, 2])},
         _run_cross_entropy,
-    ),
-    Op(
-        "im2col_col2im",
-        # x: (2, 3, 5, 4) with a 2x3 kernel gives a 3x2 output, so cols is (2, 3*2*3, 3*2).
-        lambda rng, dt: {"x": _normal(rng, (2, 3, 5, 4), dt), "cols": _normal(rng, (2, 18, 6), dt)},
-        _run_im2col,
     ),
 ]
 

@@ -3,125 +3,36 @@
 The forward is compared with a recomputation written out below in plain NumPy, step by step as
 SKNET.md states it (its convolution is a sum of shifted slices, not im2col); the backward with
 centred finite differences in float64, for every input and parameter, on shapes from a hypothesis
-strategy that only builds valid cases.
+strategy that only builds valid cases. The checks of what the unit returns, keeps and refuses
+run on both backends; test_fast.py shows that the fast unit's results equal these.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from conftest import (
+    M2_STRIDE1_EVAL,
+    M2_STRIDE2_EVAL,
+    M3_STRIDE1_TRAIN,
+    M3_STRIDE2_TRAIN,
+    SKCase,
+    sk_cases,
+)
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from skscratch.backends import BACKENDS, get_backend
 from skscratch.gradcheck import check_gradients
 from skscratch.sk import sk_hidden_size, sk_param_shapes, sk_unit_backward, sk_unit_forward
 
-seeds = st.integers(0, 2**32 - 1)
 BN_STATS = ("running_mean", "running_var")
 GRAD_TOL = 1e-6
-
-
-# ------------------------------------------------------------------------------------ the cases
-
-
-@dataclass(frozen=True)
-class SKCase:
-    n: int
-    channels: int
-    h: int
-    w: int
-    branches: int
-    groups: int
-    stride: int
-    r: int
-    L: int
-    training: bool
-    seed: int
-
-    @property
-    def options(self) -> dict:
-        return {"stride": self.stride, "groups": self.groups, "training": self.training}
-
-    def arrays(self, dtype=np.float64) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """x (N, C, H, W) and the parameters, all well scaled.
-
-        Weights are N(0, 1/fan_in), so every layer's output is of order 1 and the softmax is not
-        saturated; batch-norm scales lie in [0.5, 1.5] and running variances in [0.5, 2]. With
-        standard normal weights, eval-mode logits reach 30 and more, the attention saturates at
-        1e-20, and its gradients drown in rounding: the check would measure noise.
-        """
-        rng = np.random.default_rng(self.seed)
-        shapes = sk_param_shapes(
-            self.channels, branches=self.branches, groups=self.groups, r=self.r, L=self.L
-        )
-        params = {}
-        for key, shape in shapes.items():
-            if key.endswith("running_var"):
-                value = rng.uniform(0.5, 2.0, shape)
-            elif key == "fc_bn.bias":
-                # Mostly positive, so z = ReLU(BN(...)) is not all 0 (which happens for d = 2
-                # and cuts the gradient of fc, fc_bn and select to exactly 0): in most images
-                # the fuse path is open, in some closed.
-                value = rng.uniform(0.5, 1.5, shape)
-            elif key.endswith(("running_mean", ".bias")):
-                value = rng.normal(0.0, 0.5, shape)
-            elif len(shape) == 1:  # batch-norm scales
-                value = rng.uniform(0.5, 1.5, shape)
-            else:
-                value = rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))
-            params[key] = value.astype(dtype)
-        x = rng.standard_normal((self.n, self.channels, self.h, self.w)).astype(dtype)
-        return x, params
-
-
-@st.composite
-def sk_cases(draw, min_n: int = 3) -> SKCase:
-    """Groups first and channels as a multiple of them (at least 2 channels).
-
-    The plane is at least M + 2 on each side: branch M has dilation M and as much padding, and on
-    a smaller plane its outer taps only ever read padding. Its output is then one weight times
-    one pixel per channel, which the batch norm after it divides out again, so those weights get
-    a gradient of exactly 0 and finite differences measure rounding.
-
-    N >= 3: with N = 2 the fuse step's batch norm maps each channel to +-1 whatever its input
-    (see `check_sk_unit`), which zeroes the gradient of fc.weight in the same way.
-    """
-    branches = draw(st.sampled_from([2, 3]))
-    groups = draw(st.integers(1, 3))
-    channels = groups * draw(st.integers(2 if groups == 1 else 1, 2))
-    training = draw(st.booleans())
-    return SKCase(
-        # Training-mode batch norm of z (N, d) needs at least 2 images.
-        n=draw(st.integers(max(min_n, 2) if training else min_n, 4)),
-        channels=channels,
-        h=branches + 2 + draw(st.integers(0, 2)),
-        w=branches + 2 + draw(st.integers(0, 2)),
-        branches=branches,
-        groups=groups,
-        stride=draw(st.sampled_from([1, 2])),
-        r=draw(st.integers(1, 4)),
-        L=draw(st.integers(2, 4)),
-        training=training,
-        seed=draw(seeds),
-    )
-
-
-# Cases every run checks, whatever hypothesis draws: both M, both strides, both modes, groups.
-M3_STRIDE2_TRAIN = SKCase(
-    3, 6, 6, 5, branches=3, groups=3, stride=2, r=2, L=2, training=True, seed=1
-)
-M2_STRIDE1_EVAL = SKCase(
-    4, 4, 5, 4, branches=2, groups=2, stride=1, r=1, L=3, training=False, seed=2
-)
-M2_STRIDE2_EVAL = SKCase(
-    3, 2, 4, 6, branches=2, groups=1, stride=2, r=4, L=2, training=False, seed=3
-)
-M3_STRIDE1_TRAIN = SKCase(
-    3, 3, 5, 5, branches=3, groups=1, stride=1, r=3, L=4, training=True, seed=4
-)
+# The tests of what the unit returns and refuses run on both backends (test_fast.py shows that
+# their results agree); the recomputation by hand and the gradient checks on the reference.
+on_both_backends = pytest.mark.parametrize("backend", BACKENDS)
 
 
 # ------------------------------------------------------------------- the recomputation, by hand
@@ -230,32 +141,41 @@ def test_attention_is_a_softmax_over_the_branches(case, logit_scale):
         assert np.all(a > 0)
 
 
-def test_zero_select_weights_average_the_branches():
+@on_both_backends
+def test_zero_select_weights_average_the_branches(backend):
     """Equal logits give a = 1/M per channel, and V is the mean of the branches U_m."""
     case = M3_STRIDE2_TRAIN
     x, params = case.arrays()
     params["select.weight"] = np.zeros_like(params["select.weight"])
-    out, cache = sk_unit_forward(x, params, **case.options)
+    out, cache = get_backend(backend).sk_unit_forward(x, params, **case.options)
     np.testing.assert_allclose(cache.a, 1 / 3, rtol=1e-15)
     np.testing.assert_allclose(out, np.mean(cache.branches, axis=0), rtol=1e-12, atol=1e-15)
 
 
-def test_the_number_of_branches_comes_from_the_params():
+@on_both_backends
+def test_the_number_of_branches_comes_from_the_params(backend):
+    forward = get_backend(backend).sk_unit_forward
     x, params = M2_STRIDE1_EVAL.arrays()
-    _, cache = sk_unit_forward(x, params, **M2_STRIDE1_EVAL.options)
+    _, cache = forward(x, params, **M2_STRIDE1_EVAL.options)
     assert cache.a.shape[1] == 2 and len(cache.branches) == 2
     x, params = M3_STRIDE1_TRAIN.arrays()
-    _, cache = sk_unit_forward(x, params, **M3_STRIDE1_TRAIN.options)
+    _, cache = forward(x, params, **M3_STRIDE1_TRAIN.options)
     assert cache.a.shape[1] == 3 and len(cache.branches) == 3
 
 
+@on_both_backends
 @pytest.mark.parametrize("training", [True, False])
-def test_running_stats_are_returned_and_params_left_alone(training):
+def test_running_stats_are_returned_and_params_left_alone(training, backend):
     case = SKCase(4, 4, 5, 5, branches=2, groups=2, stride=1, r=2, L=2, training=training, seed=5)
     x, params = case.arrays()
     params_before = copy.deepcopy(params)
     x_before = x.copy()
-    _, cache = sk_unit_forward(x, params, **case.options)
+    ops = get_backend(backend)
+    out, cache = ops.sk_unit_forward(x, params, **case.options)
+    dout = np.random.default_rng(0).standard_normal(out.shape)
+    dout_before = dout.copy()
+    ops.sk_unit_backward(dout, cache)
+    np.testing.assert_array_equal(dout, dout_before)
 
     # The caller's dict and arrays are untouched: same keys, same objects' values.
     assert set(params) == set(params_before)
@@ -299,22 +219,26 @@ def test_running_stats_follow_pytorch_momentum_and_unbiased_variance():
     )
 
 
-def test_float32_in_float32_out():
+@on_both_backends
+def test_float32_in_float32_out(backend):
+    ops = get_backend(backend)
     case = M3_STRIDE2_TRAIN
     x64, p64 = case.arrays()
     x, params = case.arrays(np.float32)
-    out, cache = sk_unit_forward(x, params, **case.options)
+    out, cache = ops.sk_unit_forward(x, params, **case.options)
     assert out.dtype == np.float32 and cache.a.dtype == np.float32
     assert all(v.dtype == np.float32 for v in cache.running_stats.values())
     dout = np.random.default_rng(0).standard_normal(out.shape).astype(np.float32)
-    dx, grads = sk_unit_backward(dout, cache)
+    dx, grads = ops.sk_unit_backward(dout, cache)
     assert dx.dtype == np.float32 and dx.shape == x.shape
     assert all(g.dtype == np.float32 for g in grads.values())
     # And the float32 result is the float64 one, to float32 precision.
-    out64, cache64 = sk_unit_forward(x64, p64, **case.options)
+    out64, cache64 = ops.sk_unit_forward(x64, p64, **case.options)
     np.testing.assert_allclose(out, out64, rtol=1e-4, atol=1e-5)
-    dx64, grads64 = sk_unit_backward(dout.astype(np.float64), cache64)
+    dx64, grads64 = ops.sk_unit_backward(dout.astype(np.float64), cache64)
     np.testing.assert_allclose(dx, dx64, rtol=1e-3, atol=1e-4)
+    for key, g in grads.items():
+        np.testing.assert_allclose(g, grads64[key], rtol=1e-3, atol=1e-4, err_msg=key)
 
 
 # -------------------------------------------------------------------------------- the backward
@@ -329,12 +253,10 @@ def _away_from_kinks(forward, inputs: dict, margin: float = 1e-4) -> None:
     bias by a multiple of 1e-3 moves all of that channel's values alike and changes nothing else.
     """
     _, cache = forward(**inputs)
-    bn_caches = {f"bns.{m}": c[1] for m, c in enumerate(cache.branch_caches)}
-    for prefix, bn_cache in bn_caches.items():
-        x, mean, inv_std, gamma = bn_cache.x, bn_cache.mean, bn_cache.inv_std, bn_cache.gamma
-        pre = (x - mean[:, None, None]) * inv_std[:, None, None] * gamma[:, None, None]
-        pre = pre.swapaxes(0, 1).reshape(len(gamma), -1)  # (C, N*H*W), without the bias
-        _shift_bias(inputs, f"{prefix}.bias", pre, margin)
+    for m, (_, bn_cache, _) in enumerate(cache.branch_caches):  # (conv, batch norm, ReLU)
+        # gamma * xhat: the pre-activation without the bias, (C, N*H*W)
+        pre = (bn_cache.xhat * bn_cache.gamma[:, None, None]).swapaxes(0, 1)
+        _shift_bias(inputs, f"bns.{m}.bias", pre.reshape(len(bn_cache.gamma), -1), margin)
     # The branches' biases change what reaches the fuse step: look at fc_bn after them.
     _, cache = forward(**inputs)
     fc_bn = cache.fc_bn_cache  # batchnorm_forward's cache: xhat (N, d) and gamma
@@ -430,11 +352,13 @@ def test_gradients_match_finite_differences(case):
     assert not bad, f"relative errors above {GRAD_TOL}: {bad}"
 
 
-def test_backward_shapes_and_keys():
+@on_both_backends
+def test_backward_shapes_and_keys(backend):
+    ops = get_backend(backend)
     case = M3_STRIDE2_TRAIN
     x, params = case.arrays()
-    out, cache = sk_unit_forward(x, params, **case.options)
-    dx, grads = sk_unit_backward(np.ones_like(out), cache)
+    out, cache = ops.sk_unit_forward(x, params, **case.options)
+    dx, grads = ops.sk_unit_backward(np.ones_like(out), cache)
     assert dx.shape == x.shape
     learned = {k for k in params if not k.endswith(BN_STATS)}
     assert set(grads) == learned
@@ -442,12 +366,14 @@ def test_backward_shapes_and_keys():
         assert grads[key].shape == params[key].shape, key
 
 
-def test_backward_refuses_a_dout_of_the_wrong_shape():
+@on_both_backends
+def test_backward_refuses_a_dout_of_the_wrong_shape(backend):
+    ops = get_backend(backend)
     case = M2_STRIDE1_EVAL
     x, params = case.arrays()
-    out, cache = sk_unit_forward(x, params, **case.options)
+    out, cache = ops.sk_unit_forward(x, params, **case.options)
     with pytest.raises(ValueError, match="dout must have shape"):
-        sk_unit_backward(np.ones(out.shape[:-1] + (out.shape[-1] + 1,)), cache)
+        ops.sk_unit_backward(np.ones(out.shape[:-1] + (out.shape[-1] + 1,)), cache)
 
 
 # ---------------------------------------------------------------------------- parameter shapes
@@ -496,31 +422,31 @@ BAD_CASE = SKCase(3, 4, 5, 5, branches=2, groups=2, stride=1, r=2, L=2, training
 BAD_KEYS = sorted(sk_param_shapes(4, branches=2, groups=2, r=2, L=2))
 
 
-@pytest.mark.parametrize(
-    "key",
-    BAD_KEYS,
-)
-def test_a_missing_param_is_named(key):
+@on_both_backends
+@pytest.mark.parametrize("key", BAD_KEYS)
+def test_a_missing_param_is_named(key, backend):
     x, params = BAD_CASE.arrays()
     del params[key]
     with pytest.raises((KeyError, ValueError)) as info:
-        sk_unit_forward(x, params, **BAD_CASE.options)
+        get_backend(backend).sk_unit_forward(x, params, **BAD_CASE.options)
     assert key in str(info.value), f"the error does not say which key is missing: {info.value}"
 
 
+@on_both_backends
 @pytest.mark.parametrize("key", BAD_KEYS)
-def test_a_param_of_the_wrong_shape_is_named(key):
+def test_a_param_of_the_wrong_shape_is_named(key, backend):
     x, params = BAD_CASE.arrays()
     shape = params[key].shape
     params[key] = np.ones((shape[0] + 1, *shape[1:]))
     with pytest.raises(ValueError) as info:
-        sk_unit_forward(x, params, **BAD_CASE.options)
+        get_backend(backend).sk_unit_forward(x, params, **BAD_CASE.options)
     assert key in str(info.value), f"the error does not say which key is wrong: {info.value}"
 
 
-def test_params_without_any_branch_are_refused():
+@on_both_backends
+def test_params_without_any_branch_are_refused(backend):
     x, params = BAD_CASE.arrays()
     for key in [k for k in params if k.startswith("convs.")]:
         del params[key]
     with pytest.raises(ValueError, match="convs.0.weight"):
-        sk_unit_forward(x, params, **BAD_CASE.options)
+        get_backend(backend).sk_unit_forward(x, params, **BAD_CASE.options)
