@@ -120,6 +120,11 @@ def get_backend(backend: str | Backend) -> Backend:
     return _built[backend]
 
 
+def current_backend_name() -> str:
+    """The name of the backend modules built here get, without loading it."""
+    return _current.get()
+
+
 def current_backend() -> Backend:
     """The backend that modules built here get: the innermost `use_backend`'s, else "fast"."""
     return get_backend(_current.get())

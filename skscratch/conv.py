@@ -55,7 +55,7 @@ def conv2d_forward(
     Returns out: (N, C_out, H_out, W_out) with
     H_out = (H + 2*padding - dilation*(KH - 1) - 1) // stride + 1 (and W_out likewise).
     """
-    cache = checked_conv_args(x, w, b, stride, padding, dilation, groups)
+    cache, b = checked_conv_args(x, w, b, stride, padding, dilation, groups)
     x, w, groups = cache.x, cache.w, cache.groups
     n, c_out, (h_out, w_out) = x.shape[0], w.shape[0], cache.out_size
     # _columns(cache) gives the im2col columns per group (N, G, K, L); multiply each group's
@@ -118,9 +118,10 @@ def conv2d_backward(
     # END SOLUTION
 
 
-def checked_conv_args(x, w, b, stride, padding, dilation, groups) -> ConvCache:
+def checked_conv_args(x, w, b, stride, padding, dilation, groups) -> tuple[ConvCache, NDArray]:
     """Check the convolution's arguments against each other; return them as a ConvCache (the
-    arrays as arrays, stride, padding and dilation as pairs, with the output size)."""
+    arrays as arrays, stride, padding and dilation as pairs, with the output size), and b as
+    an array (or None)."""
     x = float_array("x", x, ndim=4)
     w = float_array("w", w, ndim=4)
     nonempty("x", x)
@@ -154,7 +155,8 @@ def checked_conv_args(x, w, b, stride, padding, dilation, groups) -> ConvCache:
             f"output size would be {h_out}x{w_out}: input {h}x{wd} with padding {padding} is "
             f"smaller than the dilated kernel"
         )
-    return ConvCache(x, w, b is not None, stride, padding, dilation, groups, (h_out, w_out))
+    cache = ConvCache(x, w, b is not None, stride, padding, dilation, groups, (h_out, w_out))
+    return cache, b
 
 
 def checked_dout(dout, cache) -> NDArray:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from skscratch.backends import current_backend_name, use_backend
 from skscratch.nn import (
     BatchNorm,
     Conv2d,
@@ -124,42 +125,42 @@ class SKResNeXt(Module):
     def __init__(
         self, config: SKNetConfig = SKNetConfig(), *, seed: int = 0, backend: str | None = None
     ):
-        super().__init__()
-        n = len(config.depths)
-        if not (len(config.mids) == len(config.outs) == len(config.strides) == n):
-            raise ValueError("depths, mids, outs and strides must have one entry per stage")
-        self.config = config
-        rng = np.random.default_rng(seed)
-        self.children["stem"] = Sequential(
-            Conv2d(3, config.stem, 3, padding=1, rng=rng), BatchNorm(config.stem, relu=True)
-        )
-        stages, c_in = [], config.stem
-        for depth, mid, out, stride in zip(
-            config.depths, config.mids, config.outs, config.strides, strict=True
-        ):
-            blocks = []
-            for j in range(depth):
-                blocks.append(
-                    SKBottleneck(
-                        c_in,
-                        mid,
-                        out,
-                        stride=stride if j == 0 else 1,
-                        branches=config.branches,
-                        groups=config.groups,
-                        r=config.r,
-                        L=config.L,
-                        rng=rng,
+        # Every module takes its backend when it is built: build them all inside the choice.
+        with use_backend(current_backend_name() if backend is None else backend):
+            super().__init__()
+            n = len(config.depths)
+            if not (len(config.mids) == len(config.outs) == len(config.strides) == n):
+                raise ValueError("depths, mids, outs and strides must have one entry per stage")
+            self.config = config
+            rng = np.random.default_rng(seed)
+            self.children["stem"] = Sequential(
+                Conv2d(3, config.stem, 3, padding=1, rng=rng), BatchNorm(config.stem, relu=True)
+            )
+            stages, c_in = [], config.stem
+            for depth, mid, out, stride in zip(
+                config.depths, config.mids, config.outs, config.strides, strict=True
+            ):
+                blocks = []
+                for j in range(depth):
+                    blocks.append(
+                        SKBottleneck(
+                            c_in,
+                            mid,
+                            out,
+                            stride=stride if j == 0 else 1,
+                            branches=config.branches,
+                            groups=config.groups,
+                            r=config.r,
+                            L=config.L,
+                            rng=rng,
+                        )
                     )
-                )
-                c_in = out
-            stages.append(Sequential(*blocks))
-        self.children["stages"] = Sequential(*stages)
-        self.children["pool"] = GlobalAvgPool()
-        self.children["fc"] = Linear(c_in, config.num_classes, rng=rng)
-        self._order = ("stem", "stages", "pool", "fc")
-        if backend is not None:
-            self.set_backend(backend)
+                    c_in = out
+                stages.append(Sequential(*blocks))
+            self.children["stages"] = Sequential(*stages)
+            self.children["pool"] = GlobalAvgPool()
+            self.children["fc"] = Linear(c_in, config.num_classes, rng=rng)
+            self._order = ("stem", "stages", "pool", "fc")
 
     def forward(self, x):
         for name in self._order:

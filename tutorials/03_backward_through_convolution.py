@@ -259,16 +259,17 @@ for dtype in [np.float64, np.float32]:
     x_case = rng.standard_normal((2, 3, 9, 10)).astype(dtype)
     for kh, kw, s, p, d in cases:
         kw_args = {"stride": s, "padding": p, "dilation": d}
-        compiled, ours = fast.im2col(x_case, kh, kw, **kw_args), im2col(x_case, kh, kw, **kw_args)
+        compiled = fast.im2col.im2col(x_case, kh, kw, **kw_args)
+        ours = im2col(x_case, kh, kw, **kw_args)
         assert compiled.dtype == ours.dtype == dtype
         np.testing.assert_array_equal(compiled, ours)
         c = rng.standard_normal(ours.shape).astype(dtype)
-        back_compiled = fast.col2im(c, x_case.shape, kh, kw, **kw_args)
+        back_compiled = fast.im2col.col2im(c, x_case.shape, kh, kw, **kw_args)
         back_ours = col2im(c, x_case.shape, kh, kw, **kw_args)
         assert back_compiled.dtype == dtype
         tol = 1e-12 if dtype == np.float64 else 1e-5
         np.testing.assert_allclose(back_compiled, back_ours, rtol=tol, atol=tol)
-print(f"fast.im2col == im2col and fast.col2im ~ col2im in {2 * len(cases)} cases")
+print(f"fast.im2col.im2col == im2col and fast.im2col.col2im ~ col2im in {2 * len(cases)} cases")
 
 # %% [markdown]
 # The fast backend's convolution has two algorithms: `"im2col"`, the products of this tutorial

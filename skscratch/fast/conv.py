@@ -71,7 +71,7 @@ def conv2d_forward(
     algorithm: str = "auto",
 ) -> tuple[NDArray, ConvCache]:
     """`skscratch.conv.conv2d_forward`, compiled. algorithm: see the module docstring."""
-    checked = checked_conv_args(x, w, b, stride, padding, dilation, groups)
+    checked, b = checked_conv_args(x, w, b, stride, padding, dilation, groups)
     c_out, c_in_g, kh, kw = checked.w.shape
     cache = ConvCache(*checked, choose_algorithm(algorithm, c_in_g, kh * kw))
     x, w, groups = cache.x, cache.w, cache.groups
@@ -83,7 +83,7 @@ def conv2d_forward(
         out_g = out.reshape(x.shape[0], groups, c_out // groups, -1)  # (N, G, C_out/G, L)
         np.matmul(w.reshape(groups, c_out // groups, -1), cols, out=out_g)
     if b is not None:
-        out += np.asarray(b)[None, :, None, None]
+        out += b[None, :, None, None]
     return out, cache
 
 
