@@ -36,6 +36,8 @@ SETTINGS = {"OPENBLAS_THREAD_TIMEOUT": "18", "OMP_WAIT_POLICY": "PASSIVE"}
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 
+_freed_memory_kept = False  # set once glibc has accepted reuse_freed_memory's settings
+
 
 def tune_process() -> list[str]:
     """Apply the settings above to this process; return a line for each that took effect."""
@@ -61,4 +63,12 @@ def reuse_freed_memory(keep_bytes: int = 2**30) -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, keep_bytes))
+    global _freed_memory_kept
+    if bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, keep_bytes)):
+        _freed_memory_kept = True
+    return _freed_memory_kept
+
+
+def freed_memory_kept() -> bool:
+    """Whether this process's allocator keeps freed memory for reuse (`reuse_freed_memory`)."""
+    return _freed_memory_kept

@@ -8,7 +8,7 @@ import gc
 import numpy as np
 import pytest
 
-from skscratch import fast
+from skscratch import fast, tuning
 from skscratch.fast import memory
 
 SHAPE = (4, 64, 32, 32)  # 1 MiB of float32: pooled
@@ -19,7 +19,10 @@ def _address(a: np.ndarray) -> int:
 
 
 @pytest.fixture(autouse=True)
-def empty_pool():
+def empty_pool(monkeypatch):
+    # Other tests run the command line in this process, which tunes the allocator; the pool
+    # serves only processes whose allocator does not keep freed memory.
+    monkeypatch.setattr(tuning, "_freed_memory_kept", False)
     memory.release()
     yield
     memory.release()
@@ -84,3 +87,12 @@ def test_outputs_of_repeated_fast_calls_stay_independent():
         fast.conv2d_backward(out, cache)
     np.testing.assert_array_equal(first, kept)
     np.testing.assert_allclose(out, 2 * first, rtol=1e-5, atol=1e-5)
+
+
+def test_the_pool_steps_aside_where_the_allocator_keeps_freed_memory(monkeypatch):
+    monkeypatch.setattr(tuning, "_freed_memory_kept", True)
+    a = memory.empty(SHAPE, np.float32)
+    assert a.base is None  # a plain np.empty array, owning its memory
+    del a
+    gc.collect()
+    assert memory.kept_bytes() == 0

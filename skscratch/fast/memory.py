@@ -12,6 +12,10 @@ array or view of it is released, the lease gives its block back for the next arr
 A training step asks for the same sizes every step, so after the first it faults in no memory.
 
 At most KEEP_BYTES of free blocks are kept; `release()` hands them all back to the allocator.
+In a process whose allocator already keeps freed memory (after `skscratch.tune_process()`, as
+the command line runs), the pool steps aside: glibc's heap then serves the same purpose and,
+unlike blocks kept by size, lends freed memory to a request of any size, which keeps a training
+step's peak memory lower.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import threading
 
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
+
+from skscratch import tuning
 
 KEEP_BYTES = 2**30  # free blocks kept for reuse, at most
 MIN_BYTES = 2**20  # smaller arrays come from np.empty: malloc reuses those itself
@@ -51,7 +57,7 @@ def empty(shape: tuple[int, ...], dtype: DTypeLike) -> NDArray:
     global _kept
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if nbytes < MIN_BYTES:
+    if nbytes < MIN_BYTES or tuning.freed_memory_kept():
         return np.empty(shape, dtype)
     size = -(-nbytes // _PAGE) * _PAGE
     with _lock:
