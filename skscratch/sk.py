@@ -160,7 +160,8 @@ def sk_unit_forward(
     """
     x, groups, n_branches = checked_input(x, params, groups, training)
     # Split, Fuse, Select as in the module docstring, from the forward functions of the other
-    # exercises; keep every cache, the attention a and the updated running statistics.
+    # exercises; return V and an SKCache of every cache, the attention a and the updated
+    # running statistics.
     # BEGIN SOLUTION
     bn = dict(training=training, momentum=momentum, eps=eps)
     stats: dict[str, NDArray] = {}
