@@ -43,11 +43,12 @@ def tune_process() -> list[str]:
     """Apply the settings above to this process; return a line for each that took effect."""
     done = []
     for name, value in SETTINGS.items():
-        if name not in os.environ:
-            os.environ[name] = value
-            done.append(f"{name}={value}")
-    if "numpy" in sys.modules and "OPENBLAS_THREAD_TIMEOUT=18" in done:
-        done.remove("OPENBLAS_THREAD_TIMEOUT=18")  # too late: OpenBLAS has read the variable
+        if name in os.environ:
+            continue
+        os.environ[name] = value
+        if name == "OPENBLAS_THREAD_TIMEOUT" and "numpy" in sys.modules:
+            continue  # set, but too late: OpenBLAS read the variable when NumPy loaded
+        done.append(f"{name}={value}")
     if reuse_freed_memory():
         done.append("glibc keeps up to 1 GiB of freed memory for reuse")
     return done
