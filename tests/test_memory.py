@@ -23,6 +23,7 @@ def empty_pool(monkeypatch):
     # Other tests run the command line in this process, which tunes the allocator; the pool
     # serves only processes whose allocator does not keep freed memory.
     monkeypatch.setattr(tuning, "_freed_memory_kept", False)
+    gc.collect()  # arrays earlier tests left to the collector return their blocks now, not later
     memory.release()
     yield
     memory.release()
