@@ -119,6 +119,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.schedule,
         help="decay after warm-up (default: %(default)s)",
     )
+    p.add_argument(
+        "--label-smoothing",
+        type=float,
+        default=defaults.label_smoothing,
+        help="train towards (1 - eps) * onehot + eps / 10 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--test-flips",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.test_flips,
+        help="evaluate on the mean logits of each test image and its mirror image "
+        "(default: %(default)s)",
+    )
     p.add_argument("--subset", type=_positive, help="train on the first N training images")
     p.add_argument("--test-subset", type=_positive, help="evaluate on the first N test images")
     p.add_argument("--no-augment", action="store_true", help="no random crops and flips")
@@ -144,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("checkpoint", help="a checkpoint.npz written by skscratch train")
     p.add_argument("--data", help="cifar-10-python.tar.gz or its folder")
+    p.add_argument(
+        "--flips",
+        action=argparse.BooleanOptionalAction,
+        help="average the logits of each image and its mirror image (default: as the run "
+        "evaluated itself, its --test-flips)",
+    )
     _backend_option(
         p,
         "fast",

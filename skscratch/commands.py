@@ -68,6 +68,8 @@ def train(args: argparse.Namespace) -> int:
         subset=args.subset,
         test_subset=args.test_subset,
         augment=not args.no_augment,
+        label_smoothing=args.label_smoothing,
+        test_flips=args.test_flips,
     )
     data = load_cifar10(args.data)
     model_config = PRESETS[args.model]
@@ -106,15 +108,20 @@ def train(args: argparse.Namespace) -> int:
 def evaluate(args: argparse.Namespace) -> int:
     """`skscratch evaluate`: a checkpoint's test accuracy, overall and per class."""
     from skscratch import evaluation
+    from skscratch.checkpoint import load_checkpoint
     from skscratch.data import load_cifar10
     from skscratch.runs import load_model
 
     model, mean, std = load_model(args.checkpoint, backend=args.backend)
+    flips = args.flips
+    if flips is None:  # as the run evaluated itself
+        meta = load_checkpoint(Path(args.checkpoint))[0]
+        flips = bool(meta.get("train_config", {}).get("test_flips"))
     data = load_cifar10(args.data)
-    result = evaluation.evaluate(model, data.x_test, data.y_test, mean, std)
+    result = evaluation.evaluate(model, data.x_test, data.y_test, mean, std, flips=flips)
     print(
         f"test accuracy {result['accuracy']:.4f} on {len(data.y_test)} images "
-        f"(loss {result['loss']:.4f})"
+        f"(loss {result['loss']:.4f}){', with test-time flips' if flips else ''}"
     )
     for name, acc in zip(data.label_names, result["per_class_accuracy"], strict=True):
         print(f"  {name:<12} {acc:.4f}")

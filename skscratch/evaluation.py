@@ -3,6 +3,10 @@
 The images are normalised the way the model was trained (the training images' channel mean and
 standard deviation), and the model runs in evaluation mode: batch norm uses its running
 statistics, so the result does not depend on how the images are batched.
+
+With flips, every image is classified twice, as it is and mirrored left to right, and the two
+logits are averaged ("test-time augmentation"): training flips images at random, so the network
+has learned both views, and their mean is a steadier guess than either.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ def evaluate(
     *,
     batch_size: int = 500,
     num_classes: int = 10,
+    flips: bool = False,
 ) -> dict:
-    """Accuracy and loss of `model` (in evaluation mode) on uint8 images x (N, 3, 32, 32).
+    """Accuracy and loss of `model` (in evaluation mode) on uint8 images x (N, 3, 32, 32); with
+    flips, of the mean logits of each image and its mirror image.
 
     Returns {"loss", "accuracy", "per_class_accuracy": list of num_classes floats}.
     """
@@ -33,7 +39,10 @@ def evaluate(
     model.eval()
     loss_sum, predictions = 0.0, []
     for start in range(0, len(x), batch_size):
-        logits = model.forward(normalize(x[start : start + batch_size], mean, std))
+        images = normalize(x[start : start + batch_size], mean, std)
+        logits = model.forward(images)
+        if flips:
+            logits = (logits + model.forward(images[..., ::-1])) / 2
         loss, _ = softmax_cross_entropy(logits, y[start : start + batch_size])
         loss_sum += loss * len(logits)
         predictions.append(logits.argmax(axis=1))

@@ -204,11 +204,18 @@ def cross_entropy_error(rng: np.random.Generator) -> dict[str, float]:
 
     logits = rng.standard_normal((4, 10))
     labels = rng.integers(0, 10, size=4)
-    _, analytic = softmax_cross_entropy(logits, labels)
-    numeric = numerical_gradient(
-        lambda z: np.asarray(softmax_cross_entropy(z, labels)[0]), logits, np.ones(())
-    )
-    return {"logits": rel_error(analytic, numeric)}
+    errors = {}
+    for smoothing in (0.0, 0.2):  # one-hot targets, and label-smoothed ones
+        _, analytic = softmax_cross_entropy(logits, labels, smoothing=smoothing)
+        numeric = numerical_gradient(
+            lambda z, s=smoothing: np.asarray(softmax_cross_entropy(z, labels, smoothing=s)[0]),
+            logits,
+            np.ones(()),
+        )
+        errors["logits" if smoothing == 0 else f"logits, smoothing {smoothing}"] = rel_error(
+            analytic, numeric
+        )
+    return errors
 
 
 def centred_difference_error(rng: np.random.Generator) -> dict[str, float]:

@@ -1,9 +1,20 @@
-"""Softmax cross-entropy with integer labels, averaged over the batch.
+"""Softmax cross-entropy with integer labels, averaged over the batch, with label smoothing.
 
-For logits z (N, K) and labels y (N,):
+For logits z (N, K), labels y (N,) and targets q[n] = onehot(y[n]) (a distribution over the K
+classes):
 
-    loss = (1/N) * sum_n [ logsumexp(z[n]) - z[n, y[n]] ]
-    dz   = (1/N) * (softmax(z) - onehot(y))
+    loss = (1/N) * sum_n [ logsumexp(z[n]) - sum_k q[n, k] z[n, k] ]
+    dz   = (1/N) * (softmax(z) - q)
+
+With one-hot targets the sum is z[n, y[n]]. Label smoothing (Szegedy et al. 2016, "Rethinking
+the Inception Architecture", Section 7) trains towards softened targets instead,
+
+    q[n] = (1 - eps) * onehot(y[n]) + eps / K,
+
+so the loss stops rewarding ever larger logit gaps once the softmax gives the label
+1 - eps + eps/K: a network then fits its training images less tightly and generalises better.
+The formulas above hold for any targets q whose entries sum to 1 (that makes
+logsumexp(z) - sum_k q_k z_k unchanged when a constant is added to every logit).
 
 logsumexp is computed as max + log(sum(exp(z - max))), so logits of size 1e4 do not overflow.
 """
@@ -16,8 +27,10 @@ from numpy.typing import NDArray
 from skscratch._checks import float_array, int_array, nonempty
 
 
-def softmax_cross_entropy(logits: NDArray, labels: NDArray) -> tuple[float, NDArray]:
-    """logits: (N, K), N >= 1; labels: (N,) integers in [0, K).
+def softmax_cross_entropy(
+    logits: NDArray, labels: NDArray, *, smoothing: float = 0.0
+) -> tuple[float, NDArray]:
+    """logits: (N, K), N >= 1; labels: (N,) integers in [0, K); smoothing: eps in [0, 1).
 
     Returns (loss, dlogits): the mean loss as a float and its gradient (N, K), in the logits' dtype.
     """
@@ -35,15 +48,19 @@ def softmax_cross_entropy(logits: NDArray, labels: NDArray) -> tuple[float, NDAr
         raise ValueError(
             f"labels must lie in [0, {k}), got values from {labels.min()} to {labels.max()}"
         )
+    if not 0 <= smoothing < 1:
+        raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
+    q = np.full(z.shape, smoothing / k, dtype=z.dtype)  # the targets: eps/K everywhere...
+    q[np.arange(n), labels] += 1 - smoothing  # ...and 1 - eps more on each label
 
-    # Mean over the batch of logsumexp(z[n]) - z[n, y[n]]; its gradient is (softmax - onehot) / N.
+    # Mean over the batch of logsumexp(z[n]) - sum_k q[n, k] z[n, k]; its gradient is
+    # (softmax - q) / N.
     # BEGIN SOLUTION
     shifted = z - z.max(axis=1, keepdims=True)  # the largest logit of each row is now 0
     log_sum = np.log(np.exp(shifted).sum(axis=1))
-    rows = np.arange(n)
-    loss = float(np.mean(log_sum - shifted[rows, labels]))
+    loss = float(np.mean(log_sum - (q * shifted).sum(axis=1)))
     dlogits = np.exp(shifted - log_sum[:, None])  # softmax
-    dlogits[rows, labels] -= 1
+    dlogits -= q
     dlogits /= n
     return loss, dlogits
     # END SOLUTION

@@ -41,18 +41,30 @@ class SKBottleneck(Module):
         groups: int = 32,
         r: int = 16,
         L: int = 32,
+        attention_init: str = "kaiming",
+        zero_init_residual: bool = True,
         rng: np.random.Generator,
     ):
         super().__init__()
         ch = self.children
         ch["conv1"] = Conv2d(c_in, c_mid, 1, rng=rng)
         ch["bn1"] = BatchNorm(c_mid, relu=True)
-        ch["sk"] = SKUnit(c_mid, stride=stride, branches=branches, groups=groups, r=r, L=L, rng=rng)
+        ch["sk"] = SKUnit(
+            c_mid,
+            stride=stride,
+            branches=branches,
+            groups=groups,
+            r=r,
+            L=L,
+            attention_init=attention_init,
+            rng=rng,
+        )
         ch["conv3"] = Conv2d(c_mid, c_out, 1, rng=rng)
         ch["bn3"] = BatchNorm(c_out)
-        # The last BN starts at zero, so every block starts as the identity on its shortcut
-        # (Goyal et al. 2017, "Accurate, Large Minibatch SGD"): deep nets train from the start.
-        ch["bn3"].params["weight"].data[:] = 0
+        if zero_init_residual:
+            # The last BN starts at zero, so every block starts as the identity on its shortcut
+            # (Goyal et al. 2017, "Accurate, Large Minibatch SGD"): deep nets train from the start.
+            ch["bn3"].params["weight"].data[:] = 0
         if stride != 1 or c_in != c_out:
             ch["shortcut"] = Sequential(
                 Conv2d(c_in, c_out, 1, stride=stride, rng=rng), BatchNorm(c_out)
@@ -81,18 +93,27 @@ class SKBottleneck(Module):
 @dataclass(frozen=True)
 class SKNetConfig:
     """The shape of an SK-ResNeXt. Stage i has depths[i] blocks of SK width mids[i] and output
-    width outs[i]; stages 2 and 3 start with stride 2."""
+    width outs[i]; its first block has stride strides[i].
+
+    The defaults are the network `skscratch train` trains (the preset "default"): every stage
+    starts with stride 2, so the three SK units work at 16 x 16, 8 x 8 and 4 x 4 after a stem at
+    full resolution; at the cost of the "small" preset, whose first stage works at 32 x 32, it
+    has three times its parameters. The SK units start with the authors' initialisation of their
+    attention, and every block with its residual path switched on (README, "Training").
+    """
 
     stem: int = 32
     depths: tuple[int, ...] = (1, 1, 1)
-    mids: tuple[int, ...] = (32, 64, 128)
-    outs: tuple[int, ...] = (64, 128, 256)
+    mids: tuple[int, ...] = (64, 128, 256)
+    outs: tuple[int, ...] = (128, 256, 512)
     branches: int = 2
-    groups: int = 8
+    groups: int = 16
     r: int = 16
     L: int = 32
     num_classes: int = 10
-    strides: tuple[int, ...] = field(default=(1, 2, 2))
+    strides: tuple[int, ...] = field(default=(2, 2, 2))
+    attention_init: str = "official"  # the SK units' fc and select weights (skscratch.nn.SKUnit)
+    zero_init_residual: bool = False  # every block's last BN scale starts at 0 (SKBottleneck)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -105,17 +126,25 @@ class SKNetConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
+# How the networks before the default one were built: first stage at full resolution, attention
+# weights drawn as every other weight, every block starting as its shortcut.
+_FIRST_STAGE_AT_32 = dict(strides=(1, 2, 2), attention_init="kaiming", zero_init_residual=True)
+
 # The 535 k-parameter network that the benchmarks compare with PyTorch.
 BENCH_535K = SKNetConfig(
-    stem=64, depths=(1, 1, 1), mids=(64, 128, 256), outs=(128, 256, 512), groups=32
+    stem=64, mids=(64, 128, 256), outs=(128, 256, 512), groups=32, **_FIRST_STAGE_AT_32
 )
 
 # Named configurations for the command line (`--model`).
 PRESETS = {
     "default": SKNetConfig(),
+    # The default network until the default became the one above; it learns slowly at first.
+    "small": SKNetConfig(mids=(32, 64, 128), outs=(64, 128, 256), groups=8, **_FIRST_STAGE_AT_32),
     "bench535k": BENCH_535K,
     # Small enough to train in seconds: for tests and quick trials.
-    "tiny": SKNetConfig(stem=8, mids=(8, 16, 16), outs=(16, 32, 32), groups=4, L=8),
+    "tiny": SKNetConfig(
+        stem=8, mids=(8, 16, 16), outs=(16, 32, 32), groups=4, L=8, **_FIRST_STAGE_AT_32
+    ),
 }
 
 
@@ -152,6 +181,8 @@ class SKResNeXt(Module):
                             groups=config.groups,
                             r=config.r,
                             L=config.L,
+                            attention_init=config.attention_init,
+                            zero_init_residual=config.zero_init_residual,
                             rng=rng,
                         )
                     )

@@ -292,8 +292,18 @@ class Linear(Module):
         return dx
 
 
+ATTENTION_INITS = ("kaiming", "official")
+
+
 class SKUnit(Module):
-    """The SK unit of `skscratch.sk` as a module; `attention` keeps the last a (N, M, C)."""
+    """The SK unit of `skscratch.sk` as a module; `attention` keeps the last a (N, M, C).
+
+    attention_init: how the fc and select weights start. "kaiming" draws them as every other
+    weight here (normal, std sqrt(2 / fan_in)): the select logits then differ by O(1) between
+    branches and the attention starts close to hard routing. "official" draws them from
+    N(0, 0.01^2) as the authors' official code does: every select
+    logit starts near 0, so every attention starts near 1/M and training decides the routing.
+    """
 
     def __init__(
         self,
@@ -304,9 +314,14 @@ class SKUnit(Module):
         groups: int = 32,
         r: int = 16,
         L: int = 32,
+        attention_init: str = "kaiming",
         rng: np.random.Generator,
     ):
         super().__init__()
+        if attention_init not in ATTENTION_INITS:
+            raise ValueError(
+                f"attention_init must be one of {ATTENTION_INITS}, got {attention_init!r}"
+            )
         self.stride, self.groups = stride, groups
         for name, shape in sk_param_shapes(
             channels, branches=branches, groups=groups, r=r, L=L
@@ -321,8 +336,10 @@ class SKUnit(Module):
             elif name.startswith("convs."):
                 fan_out = shape[0] // groups * 9
                 self.params[name] = Parameter(_kaiming_normal(rng, shape, fan_out))
-            else:  # fc.weight, select.weight
+            elif attention_init == "kaiming":  # fc.weight, select.weight
                 self.params[name] = Parameter(_kaiming_normal(rng, shape, shape[1]))
+            else:
+                self.params[name] = Parameter(rng.normal(0.0, 0.01, size=shape).astype(np.float32))
         self.attention: NDArray | None = None
 
     def forward(self, x):

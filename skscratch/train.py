@@ -64,9 +64,9 @@ SCHEDULES = ("onecycle", "cosine")  # the learning-rate decays skscratch.optim.l
 class TrainConfig:
     """How to train: the defaults are those of the command line (`skscratch train --help`)."""
 
-    epochs: int = 30
+    epochs: int = 42
     batch_size: int = 128
-    lr: float = 0.1  # the peak of the schedule
+    lr: float = 0.2  # the peak of the schedule
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
@@ -76,6 +76,8 @@ class TrainConfig:
     subset: int | None = None  # train on the first `subset` training images
     test_subset: int | None = None  # evaluate on the first `test_subset` test images
     augment: bool = True
+    label_smoothing: float = 0.2  # eps of skscratch.losses' label-smoothed targets
+    test_flips: bool = True  # evaluate on the mean logits of each test image and its mirror
 
     def __post_init__(self):
         # Ranges as `not low <= x < high`: NaN fails every comparison, so it is refused too.
@@ -91,6 +93,8 @@ class TrainConfig:
             raise ConfigError(f"weight decay must not be negative, got {self.weight_decay}")
         if not 0 <= self.warmup_epochs < math.inf:
             raise ConfigError(f"warm-up must not be negative, got {self.warmup_epochs} epochs")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         for name in ("subset", "test_subset"):
@@ -99,10 +103,12 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be at least 1, got {value}")
 
 
-def train_step(model: SKResNeXt, optimizer: SGD, x: NDArray, y: NDArray) -> tuple[float, int]:
+def train_step(
+    model: SKResNeXt, optimizer: SGD, x: NDArray, y: NDArray, *, label_smoothing: float = 0.0
+) -> tuple[float, int]:
     """One SGD step on a batch x (B, 3, 32, 32) float32, y (B,). Returns (loss, correct)."""
     logits = model.forward(x)
-    loss, dlogits = softmax_cross_entropy(logits, y)
+    loss, dlogits = softmax_cross_entropy(logits, y, smoothing=label_smoothing)
     model.backward(dlogits, input_grad=False)  # no gradient of the images themselves
     optimizer.step()
     return loss, int((logits.argmax(axis=1) == y).sum())
@@ -247,12 +253,16 @@ def _start(
     )
 
 
+# What a run whose checkpoint predates a TrainConfig field did, where the default now differs.
+_BEFORE_THE_FIELD = {"label_smoothing": 0.0, "test_flips": False}
+
+
 def _read_meta(meta: dict, path: Path) -> tuple[SKNetConfig, TrainConfig, Position, list[dict]]:
     """The model and training configurations, position and history a checkpoint's header holds."""
     try:
         return (
             SKNetConfig.from_dict(meta["model_config"]),
-            TrainConfig(**meta["train_config"]),
+            TrainConfig(**(_BEFORE_THE_FIELD | meta["train_config"])),
             Position(**meta["position"]),
             list(meta["history"]),
         )
@@ -329,13 +339,14 @@ def _logged_step(run: _Run, order: NDArray, bar: tqdm, started: float) -> None:
 def _train_batch(run: _Run, x: NDArray, y: NDArray, bar: tqdm) -> tuple[float, int]:
     """train_step; around the first step of a run_training call on the fast backend, also say
     how many kernels numba compiled for it and how long it took, which explains a slow step."""
+    smoothing = run.config.label_smoothing
     if run.steps > 0 or run.model.backend != "fast":
         run.steps += 1
-        return train_step(run.model, run.optimizer, x, y)
+        return train_step(run.model, run.optimizer, x, y, label_smoothing=smoothing)
     import skscratch.fast  # already loaded by the model: its backend is "fast"
 
     compiled, started = skscratch.fast.compilations(), time.perf_counter()
-    result = train_step(run.model, run.optimizer, x, y)
+    result = train_step(run.model, run.optimizer, x, y, label_smoothing=smoothing)
     run.steps += 1
     compiled = skscratch.fast.compilations() - compiled
     if compiled and run.progress:
@@ -350,7 +361,14 @@ def _finish_epoch(run: _Run) -> None:
     """Evaluate on the test images, add the epoch to the history, move to the next epoch, and
     save the checkpoint and then the metrics."""
     position, seen = run.position, run.n_batches * run.config.batch_size
-    test = evaluate(run.model, run.x_test, run.y_test, run.mean, run.std)
+    started = time.perf_counter()
+    test = evaluate(
+        run.model, run.x_test, run.y_test, run.mean, run.std, flips=run.config.test_flips
+    )
+    test_seconds = time.perf_counter() - started
+    # The run's time so far: every epoch's training and evaluation (not the time it stood still
+    # between a stop and its resumption).
+    before = run.history[-1].get("elapsed_seconds", math.nan) if run.history else 0.0
     run.history.append(
         {
             "epoch": position.epoch + 1,
@@ -361,6 +379,8 @@ def _finish_epoch(run: _Run) -> None:
             "lr": run.optimizer.lr,
             "seconds": position.seconds,
             "images_per_second": seen / position.seconds,
+            "test_seconds": test_seconds,
+            "elapsed_seconds": before + position.seconds + test_seconds,
         }
     )
     run.position = Position(epoch=position.epoch + 1)

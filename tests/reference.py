@@ -181,17 +181,19 @@ def log_sum_exp(row):
     return top + math.log(math.fsum(math.exp(float(z) - top) for z in row))
 
 
-def softmax_cross_entropy(logits, labels):
-    """Mean over rows of logsumexp(z[n]) - z[n, y[n]]; and its gradient (softmax - onehot) / N."""
+def softmax_cross_entropy(logits, labels, smoothing=0.0):
+    """Mean over rows of logsumexp(z[n]) - sum_k q[n, k] z[n, k], with targets
+    q[n, k] = eps/K + (1 - eps if k == y[n]); and its gradient (softmax - q) / N."""
     n_rows, n_cls = logits.shape
     losses = []
     grad = np.zeros((n_rows, n_cls))
     for n in range(n_rows):
         lse = log_sum_exp(logits[n])
         y = int(labels[n])
-        losses.append(lse - float(logits[n, y]))
+        q = [smoothing / n_cls + (1.0 - smoothing if k == y else 0.0) for k in range(n_cls)]
+        losses.append(lse - math.fsum(q[k] * float(logits[n, k]) for k in range(n_cls)))
         for k in range(n_cls):
-            grad[n, k] = (math.exp(float(logits[n, k]) - lse) - (1.0 if k == y else 0.0)) / n_rows
+            grad[n, k] = (math.exp(float(logits[n, k]) - lse) - q[k]) / n_rows
     return math.fsum(losses) / n_rows, grad
 
 

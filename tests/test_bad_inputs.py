@@ -490,6 +490,18 @@ CASES = [
         r"^labels must have shape \(3,\)",
     ),
     (
+        "cross-entropy smoothing 1",
+        lambda: softmax_cross_entropy(LOGITS, LABELS, smoothing=1.0),
+        ValueError,
+        r"^smoothing must be in \[0, 1\), got 1.0",
+    ),
+    (
+        "cross-entropy smoothing NaN",
+        lambda: softmax_cross_entropy(LOGITS, LABELS, smoothing=float("nan")),
+        ValueError,
+        r"^smoothing must be in \[0, 1\), got nan",
+    ),
+    (
         "cross-entropy too many labels",
         lambda: softmax_cross_entropy(LOGITS, np.array([0, 1, 2, 3])),
         ValueError,

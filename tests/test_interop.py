@@ -135,3 +135,16 @@ def test_a_state_of_another_network_is_refused_by_name():
 def test_from_torch_refuses_other_modules():
     with pytest.raises(TypeError, match="TorchSKResNeXt, got Linear"):
         from_torch(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_label_smoothing_is_torchs(smoothing):
+    rng = np.random.default_rng(4)
+    logits = rng.standard_normal((6, 10)) * 3
+    y = rng.integers(0, 10, 6)
+    loss, dlogits = softmax_cross_entropy(logits, y, smoothing=smoothing)
+    z = torch.tensor(logits, requires_grad=True)
+    theirs = torch.nn.functional.cross_entropy(z, torch.from_numpy(y), label_smoothing=smoothing)
+    theirs.backward()
+    assert loss == pytest.approx(theirs.item(), rel=1e-12)
+    np.testing.assert_allclose(dlogits, z.grad.numpy(), rtol=1e-10, atol=1e-14)

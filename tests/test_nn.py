@@ -49,9 +49,12 @@ from skscratch.sk import sk_unit_backward, sk_unit_forward
 # The smallest network with every kind of block: a projection shortcut at stride 1 (stage 0,
 # 4 -> 8 channels), one at stride 2 (stage 1, block 0) and an identity shortcut (stage 1, block
 # 1). Inputs of 8 x 8 pixels keep a forward pass at a few milliseconds.
+# Kaiming-drawn attention weights: with the official N(0, 0.01^2) the fc's gradient is ~1e-7,
+# too small for a finite-difference check to say anything about it.
 SMALL = SKNetConfig(
-    stem=4, depths=(1, 2), mids=(4, 4), outs=(8, 8), strides=(1, 2), groups=2, r=2, L=4
-)
+    stem=4, depths=(1, 2), mids=(4, 4), outs=(8, 8), strides=(1, 2), groups=2, r=2, L=4,
+    attention_init="kaiming",
+)  # fmt: skip
 on_both_backends = pytest.mark.parametrize("backend", BACKENDS)
 
 
@@ -291,6 +294,41 @@ def test_fresh_bottleneck_is_its_shortcut():
     block = SKBottleneck(8, 4, 8, groups=2, r=2, L=3, rng=rng)
     x = rng.standard_normal((2, 8, 4, 4)).astype(np.float32)
     np.testing.assert_array_equal(block.forward(x), np.maximum(x, 0))
+
+
+def test_without_zero_init_a_fresh_block_adds_its_residual_path():
+    rng = _rng(7)
+    block = SKBottleneck(8, 4, 8, groups=2, r=2, L=3, zero_init_residual=False, rng=rng)
+    assert np.all(block.children["bn3"].params["weight"].data == 1)
+    x = rng.standard_normal((2, 8, 4, 4)).astype(np.float32)
+    assert not np.allclose(block.forward(x), np.maximum(x, 0))
+
+
+def test_official_attention_init_starts_every_attention_near_one_over_m():
+    """fc and select drawn from N(0, 0.01^2): the select logits are near 0, so the softmax over
+    the branches starts near uniform; with Kaiming's draws it starts far from it."""
+    x = _rng(1).standard_normal((8, 16, 6, 6)).astype(np.float32)
+    spread = {}
+    for init in ("kaiming", "official"):
+        for m in (2, 3):
+            unit = SKUnit(16, branches=m, groups=4, r=2, L=4, attention_init=init, rng=_rng(2))
+            unit.forward(x)
+            spread[init, m] = np.abs(unit.attention - 1 / m).max()
+    official = SKUnit(16, groups=4, r=2, L=4, attention_init="official", rng=_rng(2))
+    for name in ("fc.weight", "select.weight"):
+        assert official.params[name].data.std() == pytest.approx(0.01, rel=0.2)
+    assert spread["official", 2] < 0.05 and spread["official", 3] < 0.05
+    assert spread["kaiming", 2] > 0.2 and spread["kaiming", 3] > 0.2
+
+
+def test_an_unknown_attention_init_is_refused():
+    message = r"attention_init must be one of \('kaiming', 'official'\), got 'zeros'"
+    with pytest.raises(ValueError, match=message):
+        SKUnit(8, groups=2, attention_init="zeros", rng=_rng())
+    config = SKNetConfig(attention_init="official")
+    assert SKNetConfig.from_dict(config.to_dict()) == config
+    unit = SKResNeXt(config).sk_units()[0][1]
+    assert unit.params["select.weight"].data.std() == pytest.approx(0.01, rel=0.2)
 
 
 def test_backward_before_forward_is_refused():
@@ -772,10 +810,14 @@ def test_parameter_count_matches_the_formula(preset):
     assert sum(p.data.size for p in model.parameters()) == model.num_parameters()
 
 
-def test_count_macs_of_the_default_network():
-    model = SKResNeXt(PRESETS["default"])
+@pytest.mark.parametrize(
+    "preset, params, macs", [("default", 576_234, 26_491_904), ("small", 184_234, 30_006_784)]
+)
+def test_count_macs_of_the_default_and_small_networks(preset, params, macs):
+    model = SKResNeXt(PRESETS[preset])
     before = model.state_dict()
-    assert count_macs(model) == _count_macs(PRESETS["default"]) == 30_006_784
+    assert model.num_parameters() == params
+    assert count_macs(model) == _count_macs(PRESETS[preset]) == macs
     assert model.training  # the mode is restored
     for k, v in model.state_dict().items():  # the eval-mode pass changed no statistic
         np.testing.assert_array_equal(v, before[k])

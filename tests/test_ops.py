@@ -521,21 +521,50 @@ def _labels(rng, n, k):
     return rng.integers(0, k, n)
 
 
-@given(classification_shapes(), seeds)
-def test_cross_entropy_matches_loops(shape, seed):
+smoothings = st.sampled_from([0.0, 0.1, 0.2, 0.9])
+
+
+@given(classification_shapes(), seeds, smoothings)
+def test_cross_entropy_matches_loops(shape, seed, smoothing):
     rng = np.random.default_rng(seed)
     z = rng.standard_normal(shape) * 3
     labels = _labels(rng, *shape)
-    loss, dlogits = softmax_cross_entropy(z, labels)
-    expected_loss, expected_grad = reference.softmax_cross_entropy(z, labels)
+    loss, dlogits = softmax_cross_entropy(z, labels, smoothing=smoothing)
+    expected_loss, expected_grad = reference.softmax_cross_entropy(z, labels, smoothing)
     assert isinstance(loss, float)
     assert loss == pytest.approx(expected_loss, rel=1e-12, abs=1e-14)
     np.testing.assert_allclose(dlogits, expected_grad, rtol=1e-12, atol=1e-15)
 
 
-def _cross_entropy_forward(logits, labels):
+def test_label_smoothing_is_a_mixture_of_the_label_and_the_uniform_targets():
+    # q = (1 - eps) onehot + eps * uniform, and the loss is linear in q: the smoothed loss is
+    # (1 - eps) * (the loss on the labels) + eps * (the mean of the losses on every class).
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal((6, 4)) * 2
+    labels = _labels(rng, 6, 4)
+    eps = 0.3
+    on_labels = softmax_cross_entropy(z, labels)[0]
+    on_every_class = np.mean([softmax_cross_entropy(z, np.full(6, k))[0] for k in range(4)])
+    loss = softmax_cross_entropy(z, labels, smoothing=eps)[0]
+    assert loss == pytest.approx((1 - eps) * on_labels + eps * on_every_class, rel=1e-12)
+
+
+def test_label_smoothing_is_least_at_the_smoothed_target():
+    # The smoothed loss no longer rewards an ever larger margin: for eps = 0.2 and K = 4 it is
+    # least where the softmax gives the label 1 - eps + eps/K = 0.85 and each other class 0.05,
+    # that is at a logit gap of log(0.85 / 0.05) = log 17; there its gradient is zero.
+    best = np.array([[np.log(17.0), 0.0, 0.0, 0.0]])
+    label = np.array([0])
+    loss, dlogits = softmax_cross_entropy(best, label, smoothing=0.2)
+    np.testing.assert_allclose(dlogits, 0.0, atol=1e-15)
+    for gap in (1.0, 2.0, 4.0, 8.0):
+        other = softmax_cross_entropy(np.array([[gap, 0.0, 0.0, 0.0]]), label, smoothing=0.2)[0]
+        assert other > loss
+
+
+def _cross_entropy_forward(logits, labels, smoothing=0.0):
     """The loss as a 0-d output, with dlogits as the 'cache', for check_gradients."""
-    loss, dlogits = softmax_cross_entropy(logits, labels)
+    loss, dlogits = softmax_cross_entropy(logits, labels, smoothing=smoothing)
     return np.array(loss), dlogits
 
 
@@ -543,15 +572,15 @@ def _cross_entropy_backward(dloss, dlogits):
     return dloss * dlogits
 
 
-@given(classification_shapes(), seeds)
-def test_cross_entropy_gradients(shape, seed):
+@given(classification_shapes(), seeds, smoothings)
+def test_cross_entropy_gradients(shape, seed, smoothing):
     rng = np.random.default_rng(seed)
     z = rng.standard_normal(shape)  # unit scale, as for the branch softmax
     errors = check_gradients(
         _cross_entropy_forward,
         _cross_entropy_backward,
         {"logits": z},
-        fixed={"labels": _labels(rng, *shape)},
+        fixed={"labels": _labels(rng, *shape), "smoothing": smoothing},
         seed=seed + 1,
     )
     assert_gradients_match(errors, ["logits"])

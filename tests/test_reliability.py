@@ -302,6 +302,7 @@ def test_a_run_writes_files_others_may_read_under_umask_022(tmp_path, umask):
     [
         (["--weight-decay", "-1"], "weight decay must not be negative, got -1.0"),
         (["--warmup", "-0.5"], "warm-up must not be negative"),
+        (["--label-smoothing", "1"], "label smoothing must be in [0, 1), got 1.0"),
     ],
 )
 def test_a_setting_training_cannot_use_is_one_line_and_status_2(capsys, tmp_path, option, message):
@@ -322,7 +323,7 @@ def test_a_valueerror_from_inside_is_a_bug_and_keeps_its_traceback(tmp_path, mon
     import skscratch.train
     from skscratch import cli
 
-    def broken_step(*args):
+    def broken_step(*args, **kwargs):
         raise ValueError("operands could not be broadcast together with shapes (8,16) (8,32)")
 
     monkeypatch.setattr(skscratch.train, "train_step", broken_step)

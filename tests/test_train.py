@@ -31,6 +31,7 @@ from skscratch import cli
 from skscratch.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from skscratch.data import Cifar10, channel_stats, load_cifar10, normalize
 from skscratch.evaluation import evaluate
+from skscratch.losses import softmax_cross_entropy
 from skscratch.models import PRESETS, SKResNeXt
 from skscratch.optim import SGD
 from skscratch.runs import LOCK, TrainingError, load_model
@@ -41,7 +42,7 @@ LABEL_NAMES = [
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 ]  # fmt: skip
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-TIME_KEYS = ("seconds", "images_per_second")  # the only history entries that may differ
+TIME_KEYS = ("seconds", "images_per_second", "test_seconds", "elapsed_seconds")  # may differ
 
 
 # -------------------------------------------------------------------------------------- data
@@ -323,6 +324,23 @@ def test_evaluate_counts_per_class(fake_data):
     assert model.training  # the mode is restored
 
 
+def test_evaluate_with_flips_averages_each_image_and_its_mirror(fake_data):
+    model = SKResNeXt(PRESETS["tiny"]).eval()
+    x, y = fake_data.x_test, fake_data.y_test
+    mean, std = channel_stats(fake_data.x_train)
+    result = evaluate(model, x, y, mean, std, batch_size=7, flips=True)
+    images = normalize(x, mean, std)
+    logits = (model.forward(images) + model.forward(images[..., ::-1].copy())) / 2
+    assert result["accuracy"] == pytest.approx(np.mean(logits.argmax(axis=1) == y))
+    assert result["loss"] == pytest.approx(softmax_cross_entropy(logits, y)[0], rel=1e-5)
+    # An image that is its own mirror image is classified as without flips.
+    symmetric = np.concatenate([x[..., :16], x[..., :16][..., ::-1]], axis=-1)
+    plain = evaluate(model, symmetric, y, mean, std)
+    flipped = evaluate(model, symmetric, y, mean, std, flips=True)
+    assert flipped["accuracy"] == plain["accuracy"]
+    assert flipped["loss"] == pytest.approx(plain["loss"], rel=1e-5)
+
+
 # ------------------------------------------------------------------------------- (c) resuming
 
 
@@ -447,17 +465,31 @@ def test_evaluate_command_prints_accuracy_and_every_class(runs, archive, fake_da
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 11, result.stdout
-    match = re.fullmatch(r"test accuracy (\d\.\d{4}) on 40 images \(loss (\d+\.\d{4})\)", lines[0])
+    # The run evaluated itself with test-time flips (the default), and so does the command.
+    match = re.fullmatch(
+        r"test accuracy (\d\.\d{4}) on 40 images \(loss (\d+\.\d{4})\), with test-time flips",
+        lines[0],
+    )
     assert match, lines[0]
     for name, line in zip(LABEL_NAMES, lines[1:], strict=True):
         assert re.fullmatch(rf"\s+{name}\s+(\d\.\d{{4}}|nan)", line), line
 
-    # The numbers are those of the checkpoint's model on the test images.
+    # The numbers are those of the checkpoint's model on the test images, as the run's last
+    # evaluation found them.
     model, mean, std = load_model(runs["a"] / "checkpoint.npz")
-    expected = evaluate(model, fake_data.x_test, fake_data.y_test, mean, std)
+    expected = evaluate(model, fake_data.x_test, fake_data.y_test, mean, std, flips=True)
     assert match.group(1) == f"{expected['accuracy']:.4f}"
+    last = load_checkpoint(runs["a"] / "checkpoint.npz")[0]["history"][-1]
+    assert match.group(1) == f"{last['test_accuracy']:.4f}"
     for line, acc in zip(lines[1:], expected["per_class_accuracy"], strict=True):
         assert line.split()[-1] == f"{acc:.4f}"
+
+    plain = skscratch("evaluate", runs["a"] / "checkpoint.npz", "--data", archive, "--no-flips")
+    first = plain.stdout.splitlines()[0]
+    expected = evaluate(model, fake_data.x_test, fake_data.y_test, mean, std)
+    assert first == (
+        f"test accuracy {expected['accuracy']:.4f} on 40 images (loss {expected['loss']:.4f})"
+    )
 
 
 # ------------------------------------------------------------------------------- backends
@@ -502,9 +534,9 @@ def test_a_run_stopped_on_the_reference_backend_resumes_on_the_fast_one(
 
     real_step, backends = train_module.train_step, []
 
-    def step_then_interrupt(model, optimizer, x, y):
+    def step_then_interrupt(model, optimizer, x, y, **kwargs):
         backends.append(model.backend)
-        result = real_step(model, optimizer, x, y)
+        result = real_step(model, optimizer, x, y, **kwargs)
         if len(backends) == 3:
             os.kill(os.getpid(), signal.SIGINT)
         return result
@@ -663,8 +695,8 @@ def test_a_diverging_run_stops_and_keeps_its_last_checkpoint(monkeypatch, tmp_pa
     steps_per_epoch = 64 // 16
     calls, saved = [], {}
 
-    def loss_that_diverges(logits, labels):
-        loss, dlogits = real_loss(logits, labels)
+    def loss_that_diverges(logits, labels, **kwargs):
+        loss, dlogits = real_loss(logits, labels, **kwargs)
         if logits.shape[0] == 16:  # training steps, not the evaluation's batches
             calls.append(1)
             if len(calls) == steps_per_epoch + 2:

@@ -17,7 +17,7 @@
 # - `SKSCRATCH_TUTORIAL_SMALL=1` (what CI sets): the "tiny" model (8 k parameters), 1000 training
 #   images, 2 epochs. About 10 seconds on two cores once the fast backend's kernels are compiled
 #   (numba caches them on disk; the first run compiles them and takes longer).
-# - otherwise: the default model (184 k parameters), 10000 training images, 3 epochs, evaluated
+# - otherwise: the default model (576 k parameters), 10000 training images, 3 epochs, evaluated
 #   on the whole test set after each epoch. Roughly 5 minutes on two cores, the evaluations
 #   included (the check against `run_training` at the end runs in the small run only).
 # - `SKSCRATCH_TUTORIAL_SUBSET` and `SKSCRATCH_TUTORIAL_EPOCHS` override the number of training
@@ -178,12 +178,12 @@ print(f"{n_params:,} parameters, {count_macs(model) / 1e6:.2f} M multiply-adds p
 # %% [markdown]
 # Names follow a PyTorch module tree (`stages.1.0.sk.convs.1.weight` is the dilated convolution
 # of the SK unit in the first block of stage 2). The README states that the default
-# configuration has 184,234 parameters and 30.0 M multiply-adds per image; check it:
+# configuration has 576,234 parameters and 26.5 M multiply-adds per image; check it:
 
 # %%
 default = SKResNeXt(PRESETS["default"])
-assert default.num_parameters() == 184_234
-assert round(count_macs(default) / 1e6, 1) == 30.0
+assert default.num_parameters() == 576_234
+assert round(count_macs(default) / 1e6, 1) == 26.5
 
 # %% [markdown]
 # ## One network, two backends
