@@ -174,10 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
         "analyze",
         help="what the SK units select as objects grow (the paper's Section 4.5)",
         description="Enlarge the central object of the test images (1.0x, 1.5x, 2.0x), record "
-        "every SK unit's attention per channel, and write the attention difference (dilated "
-        "minus plain branch) as figures (PNG) and numbers (JSON).",
+        "every SK unit's attention per channel and per class, and write the attention "
+        "difference (dilated minus plain branch) as figures (PNG) and numbers (JSON). Given "
+        "several checkpoints (networks trained alike from different seeds), also their mean "
+        "and spread, and which changes exceed the spread.",
     )
-    p.add_argument("checkpoint", help="a checkpoint.npz written by skscratch train")
+    p.add_argument("checkpoint", nargs="+", help="checkpoint.npz files written by skscratch train")
     p.add_argument("--data", help="cifar-10-python.tar.gz or its folder")
     p.add_argument("--out", default="analysis", help="output folder (default: %(default)s)")
     p.add_argument("--subset", type=_positive, help="use the first N test images")

@@ -129,26 +129,71 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def analyze(args: argparse.Namespace) -> int:
-    """`skscratch analyze`: how every SK unit's attention moves as objects grow, printed and
-    written to args.out as figures and JSON."""
-    from skscratch.analysis import attention_by_scale, plot_results, write_results
+    """`skscratch analyze`: how every SK unit's attention moves as objects grow, for one or more
+    networks, printed and written to args.out as figures and JSON."""
+    from skscratch import analysis
     from skscratch.data import load_cifar10
     from skscratch.runs import load_model
 
-    model, mean, std = load_model(args.checkpoint, backend=args.backend)
     data = load_cifar10(args.data)
-    images = data.x_test[: args.subset]
-    result = attention_by_scale(model, images, mean, std, factors=tuple(args.factors))
-    written = [write_results(result, args.out)]
-    for name, fig in plot_results(result).items():
-        written.append(Path(args.out) / f"{name}.png")
+    images, labels = data.x_test[: args.subset], data.y_test[: args.subset]
+    factors = tuple(args.factors)
+    results = []
+    for path in args.checkpoint:
+        model, mean, std = load_model(path, backend=args.backend)
+        results.append(
+            analysis.attention_by_scale(
+                model,
+                images,
+                mean,
+                std,
+                labels=labels,
+                num_classes=len(data.label_names),
+                factors=factors,
+            )  # fmt: skip
+        )
+    try:
+        summary = analysis.across_seeds(results)
+    except ValueError as exc:
+        raise UsageError(f"{exc}: analyse checkpoints of one configuration together") from exc
+    out = Path(args.out)
+    written = [
+        analysis.write_results(
+            {
+                "checkpoints": [str(p) for p in args.checkpoint],
+                "class_names": list(data.label_names),
+                "networks": results,
+                "across_seeds": summary,
+            },
+            out,
+        )
+    ]
+    figures = analysis.plot_results(results[0]) | {
+        "attention_per_unit": analysis.plot_per_unit(summary),
+        "attention_per_class": analysis.plot_per_class(summary, list(data.label_names)),
+        "attention_per_channel_group": analysis.plot_binned_channels(summary),
+    }
+    for name, fig in figures.items():
+        written.append(out / f"{name}.png")
         fig.savefig(written[-1], dpi=100)
+    n = len(results)
     print(
-        f"mean attention on the dilated branch minus the plain one, over {len(images)} test images:"
+        f"mean attention on the dilated branch minus the plain one, over {len(images)} test "
+        f"images" + (f"; mean +- standard deviation of {n} networks:" if n > 1 else ":")
     )
-    print(f"  {'SK unit':<20}" + "".join(f"{f:>9g}x" for f in args.factors))
-    for name, unit in result["units"].items():
-        print(f"  {name:<20}" + "".join(f"{v:>+10.4f}" for v in unit["mean_difference"]))
+    print(
+        f"  {'SK unit':<18}" + "".join(f"{f:>16g}x" for f in factors) + "   change, first to last"
+    )
+    for name, unit in summary["units"].items():
+        values = unit["mean_difference"]
+        cells = "".join(
+            f"{m:>+10.4f} +-{s:.3f}" for m, s in zip(values["mean"], values["std"], strict=True)
+        )
+        trend = unit["trend"]
+        verdict = ""
+        if n > 1:
+            verdict = "  a trend" if trend["is_a_trend"] else "  within the spread"
+        print(f"  {name:<18}{cells}   {trend['mean']:+.4f} +-{trend['std']:.4f}{verdict}")
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
 

@@ -27,9 +27,13 @@ from pathlib import Path
 import numpy as np
 
 from skscratch.analysis import (
+    across_seeds,
     attention_by_scale,
+    class_mean_attention,
     enlarge_center,
     mean_attention,
+    plot_binned_channels,
+    plot_per_class,
     plot_results,
 )
 from skscratch.data import load_cifar10
@@ -99,12 +103,13 @@ show(fig, "08_enlarged_images")
 # %% [markdown]
 # ## The attention of every unit
 #
-# `mean_attention` runs the network in evaluation mode and averages each unit's attention
-# a (N, M, C) over the images, giving one (M, C) array per unit. The softmax makes the
-# branches of a channel sum to 1, and so does their mean.
+# `class_mean_attention` runs the network in evaluation mode and averages each unit's attention
+# a (N, M, C) over the images of each class, giving one (K, M, C) array per unit;
+# `mean_attention` is its average over all the images, one (M, C) array per unit. The softmax
+# makes the branches of a channel sum to 1, and so does their mean.
 
 # %%
-print(inspect.getsource(mean_attention))
+print(inspect.getsource(class_mean_attention))
 att = mean_attention(model, images, mean, std)
 for name, a in att.items():
     print(f"{name}: mean attention {a.shape}")  # (M, C)
@@ -114,13 +119,20 @@ for name, a in att.items():
 # ## The experiment
 #
 # `attention_by_scale` does the above for each factor and takes the difference, dilated minus
-# plain, per channel; `plot_results` draws the per-channel curves (the paper's Figure 3 and 4
-# show the same for ImageNet) and the mean over channels of each unit.
+# plain, per channel, and with the labels its mean over channels per class. `plot_results` draws
+# the per-channel curves and the mean over channels of each unit; `plot_per_class` the mean per
+# class for the last unit of each stage (the paper's Figure 4), and `plot_binned_channels` the
+# attention on the dilated branch in groups of channels (its Figure 3). Those two take the
+# summary `across_seeds` makes of one or more networks: here, one.
 
 # %%
-result = attention_by_scale(model, images, mean, std, factors=factors)
+labels = data.y_test[: len(images)]
+result = attention_by_scale(model, images, mean, std, labels=labels, factors=factors)
 for name, fig in plot_results(result).items():
     show(fig, "08_" + name)
+summary = across_seeds([result])
+show(plot_per_class(summary, list(data.label_names)), "08_attention_per_class")
+show(plot_binned_channels(summary), "08_attention_per_channel_group")
 
 print(f"mean attention difference (dilated - plain) over {result['n_images']} test images")
 print(f"{'SK unit':<16}" + "".join(f"{f:>9g}x" for f in factors) + "   change 1.0x -> 2.0x")
