@@ -162,8 +162,9 @@ def across_seeds(results: list[dict], *, bins: int = 16) -> dict:
     standard deviation across networks (ddof=1; 0 for a single network) of the mean difference
     per factor, of its change from the first factor to the last (the trend), of the per-class
     differences (if every result has them), and of the attention on the dilated branch in
-    `bins` groups of channels (every channel its own group in a unit with fewer). A trend is called one only where its mean across networks is
-    larger than their standard deviation and every network moves the same way.
+    `bins` groups of channels (every channel its own group in a unit with fewer). A trend is
+    called one only where its mean across networks is larger than their standard deviation and
+    every network moves the same way.
     """
     factors = results[0]["factors"]
     if any(r["factors"] != factors or r["units"].keys() != results[0]["units"].keys()
