@@ -6,12 +6,19 @@ SGD as `torch.optim.SGD` writes it, for every parameter p with gradient g:
     v <- momentum * v + g
     p <- p - lr * (g + momentum * v)   with Nesterov,   p - lr * v   without
 
-Weight decay pulls weights towards zero to keep the network from fitting noise. Batch-norm
-scales and shifts and the biases are left out: decaying a BN scale changes nothing the next
-layer cannot undo, it only fights the optimiser. Those are exactly the one-dimensional parameters.
+Weight decay pulls weights towards zero to keep the network from fitting noise. By convention
+(Goyal et al. 2017; the usual ResNet recipes) it applies to the convolution and FC weight
+matrices only, and the one-dimensional parameters, batch-norm scales and shifts and the biases,
+are left out: they are few, they set each channel's scale and offset rather than fit patterns,
+and pulling them to zero mostly fights the optimiser (a BN scale at zero switches its channel
+off). A weight matrix that feeds a batch norm is the case where decay changes no function at all:
+BN undoes its scale, so decay there only shrinks the weights and with them raises the effective
+learning rate.
 
-Schedule: the learning rate rises linearly from 0 during warm-up (large steps on random weights
-are unstable), then falls to 0 along a half cosine, or linearly ("one-cycle").
+Schedule: a linear warm-up (large steps on random weights are unstable) that starts at
+peak / warmup_steps on the first step and reaches the peak on step warmup_steps - 1, the peak
+again on step warmup_steps, then a fall towards 0 along a half cosine, or a straight line
+("one-cycle").
 """
 
 from __future__ import annotations

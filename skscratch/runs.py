@@ -114,8 +114,10 @@ def plot_history(history: list[dict], path: Path) -> bool:
         return False
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train (as minimised)")
     ax_loss.plot(epochs, [h["test_loss"] for h in history], "o-", label="test")
+    # The training loss is the one minimised, label-smoothed if the run smoothed its labels;
+    # the test loss is the plain cross-entropy.
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
     ax_acc.plot(epochs, [h["train_accuracy"] for h in history], "o-", label="train (augmented)")
     ax_acc.plot(epochs, [h["test_accuracy"] for h in history], "o-", label="test")

@@ -308,7 +308,8 @@ print(gallery["batch norm, no mean term"])
 # %%
 broken_bn = gallery["batch norm, no mean term"][0]
 assert broken_bn["x"] > 1e-3 and broken_bn["gamma"] < 1e-6 and broken_bn["beta"] < 1e-6
-#
+
+# %% [markdown]
 # ### 2. col2im that overwrites instead of adding
 #
 # The convolution's dx scatters the column gradients back to the pixels they were read from
@@ -456,7 +457,7 @@ for name, (broken, package) in gallery.items():
 # ## Summary
 #
 # - Centred differences, error O(h^2); one-sided ones are O(h).
-# - Truncation falls and rounding rises as h shrinks: in float64 h = 1e-6 gives 1e-9 or better;
+# - Truncation falls and rounding rises as h shrinks: in float64 h = 1e-6 gives below 1e-8;
 #   float32 cannot do better than about 1e-5, so check in float64.
 # - Weight the output by a random dout, and measure the error relative to the largest entry.
 # - Keep inputs away from kinks (ReLU at 0) by more than h.

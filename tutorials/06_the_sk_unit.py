@@ -48,9 +48,10 @@ rng = np.random.default_rng(0)
 # %% [markdown]
 # ## The input: four CIFAR-10 images through a stem
 #
-# We take the first test image of four classes, normalise them with the training set's
-# per-channel mean and standard deviation, and give them C = 16 channels with a 3x3 "stem"
-# convolution (random weights) followed by batch norm and ReLU, as at the start of the network.
+# We take the first test image of four classes, normalise them with the per-channel mean and
+# standard deviation of the first 10,000 training images, and give them C = 16 channels with a
+# 3x3 "stem" convolution (random weights) followed by batch norm and ReLU, as at the start of
+# the network.
 # Everything is float64, so that later comparisons can be tight.
 
 # %%
@@ -314,6 +315,7 @@ print("step-by-step backward == sk_unit_backward, for dx and all", len(grads_uni
 for m in range(M):
     print(f"branch {m + 1}: |direct| = {np.linalg.norm(direct[m]):.3g}, ", end="")
     print(f"|fused| = {np.linalg.norm(fused):.3g}")
+    assert np.linalg.norm(fused) < np.linalg.norm(direct[m])
 dx_direct_only = np.zeros_like(x)
 for m, (conv_cache, bn_cache) in enumerate(split_caches):
     du, _, _ = batchnorm_relu_backward(direct[m], bn_cache)

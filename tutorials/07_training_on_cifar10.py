@@ -225,8 +225,12 @@ print(inspect.getsource(train_step))
 
 # %% [markdown]
 # The optimiser is SGD with Nesterov momentum 0.9 and weight decay 5e-4 (not on batch-norm
-# parameters and biases). The learning rate follows `learning_rate`: a linear warm-up from 0 to
-# the peak (0.1) over the first epoch, then a straight line down towards 0 (see the check below).
+# parameters and biases). The learning rate follows `learning_rate`: a linear warm-up over the
+# first epoch, from peak / warm-up steps on the first step to the peak (0.2) on the last, then a
+# straight line down towards 0 (see the check below). The loss is the cross-entropy with
+# label-smoothed targets, (1 - 0.2) * onehot + 0.2 / 10 (`skscratch.losses`), and the test
+# images are classified by the mean logits of each image and its mirror image (test-time
+# flips, `skscratch.evaluation`): the recipe of `python -m skscratch train`.
 #
 # ## The training loop
 #
@@ -238,6 +242,7 @@ print(inspect.getsource(train_step))
 # `len(x_train) // batch_size` per epoch, the few left-over images wait for the next shuffle.
 
 # %%
+assert (config.lr, config.label_smoothing, config.test_flips) == (0.2, 0.2, True)
 optimizer = SGD(
     model,
     lr=config.lr,
@@ -262,12 +267,15 @@ for epoch in range(config.epochs):
         optimizer.lr = learning_rate(
             step, total_steps, peak=config.lr, warmup_steps=warmup, kind=config.schedule
         )
-        loss, n_correct = train_step(model, optimizer, normalize(xb, mean, std), y_train[idx])
+        loss, n_correct = train_step(
+            model, optimizer, normalize(xb, mean, std), y_train[idx],
+            label_smoothing=config.label_smoothing,
+        )  # fmt: skip
         loss_sum += loss * len(idx)
         correct += n_correct
         batch_losses.append(loss)
         rates.append(optimizer.lr)
-    test = evaluate(model, x_test, y_test, mean, std)
+    test = evaluate(model, x_test, y_test, mean, std, flips=config.test_flips)
     seen = n_batches * config.batch_size
     history.append(
         {
@@ -303,14 +311,18 @@ if not SMALL:
     assert test["accuracy"] > 0.1
 
 # %% [markdown]
-# The learning rate followed the schedule: it reached its peak of 0.1 at the last warm-up step,
-# then fell by `0.1 / (total_steps - warmup)` per step, to that amount at the last step (the
+# The learning rate followed the schedule: it reached its peak of 0.2 at the last warm-up step,
+# kept it for one more step (the fall starts from the peak), then fell by
+# `0.2 / (total_steps - warmup)` per step, to that amount at the last step (the
 # next step, which never comes, would have a learning rate of 0; a one-epoch run is all warm-up
 # and ends at the peak). In the loss panel below, the grey line is the loss of every batch; the
 # epoch means are drawn at the end of their epoch.
 
 # %%
 assert np.isclose(max(rates), config.lr) and int(np.argmax(rates)) == warmup - 1
+assert np.isclose(rates[0], config.lr / warmup)  # the warm-up's first step is not at 0
+if total_steps > warmup:
+    assert np.isclose(rates[warmup], config.lr)  # the peak, a second time
 if total_steps > warmup:
     assert np.isclose(rates[-1], config.lr / (total_steps - warmup))
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+import skscratch
 from skscratch.analysis import (
     across_seeds,
     attention_by_scale,
@@ -49,12 +50,16 @@ SMALL = os.environ.get("SKSCRATCH_TUTORIAL_SMALL") == "1"
 #
 # The experiment needs a network that has learnt something. It reads the checkpoint named by
 # `$SKSCRATCH_CHECKPOINT`, else `runs/sknet/checkpoint.npz` (where `python -m skscratch train`
-# writes by default). Without either, it trains the tiny preset for a moment, enough to run
-# the code, not enough to learn anything to interpret.
+# writes by default), else the network the README records, committed as
+# `docs/training/checkpoint.npz` beside the package in a source checkout. Without any of them,
+# it trains the tiny preset for a moment, enough to run the code, not enough to learn anything
+# to interpret.
 
 # %%
 data = load_cifar10()
-checkpoint = Path(os.environ.get("SKSCRATCH_CHECKPOINT", "runs/sknet/checkpoint.npz"))
+recorded = Path(skscratch.__file__).resolve().parents[1] / "docs" / "training" / "checkpoint.npz"
+candidates = [os.environ.get("SKSCRATCH_CHECKPOINT"), "runs/sknet/checkpoint.npz", recorded]
+checkpoint = next((Path(c) for c in candidates if c and Path(c).exists()), Path("none"))
 if not checkpoint.exists():
     print(f"no checkpoint at {checkpoint}: training the tiny preset briefly")
     out = Path(tempfile.mkdtemp()) / "tiny"

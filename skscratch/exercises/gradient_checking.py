@@ -2,9 +2,11 @@
 
 1. `centred_difference`: the numerical gradient that every check in skscratch rests on.
 2. `best_float32_step`: why gradients are checked in float64. The centred difference has two
-   errors: the curvature term, about h^2 |f'''| / 6, which shrinks with h, and rounding, about
-   eps |f| / h, which grows as h shrinks. In float32 (eps ~ 6e-8) the best h is near
-   eps^(1/3) ~ 4e-3 and the error there is ~1e-5 at best; in float64 it is ~1e-11.
+   errors: the truncation term, about h^2 |f'''| / 6 (from the third derivative: the second
+   cancels between the two sides), which shrinks with h, and rounding, about eps |f| / h with
+   eps the machine epsilon (np.finfo(dtype).eps, as in tutorial 5), which grows as h shrinks.
+   In float32, eps = 2^-23 ~ 1.2e-7: the best h is near eps^(1/3) ~ 5e-3, and the error there
+   is ~1e-5 at best; in float64 (eps = 2^-52 ~ 2.2e-16) it is ~1e-11.
 3. `find_the_planted_bug`: one backward pass in SUSPECTS is wrong; a gradient check finds it.
 4. `relu_kink_entries`: ReLU has a kink at 0. A centred difference with step h at |x| < h
    measures (relu(x + h) - relu(x - h)) / 2h, which is neither 0 nor 1: the check "fails" there

@@ -1,0 +1,47 @@
+"""The README's tables of a run, from its metrics.jsonl.
+
+    python docs/training/summarize.py docs/training/metrics.jsonl
+
+prints, as Markdown, the test accuracy of every epoch with the time elapsed (training and the
+evaluation after each epoch, summed over the run: the time a stopped run stood still before it
+resumed does not count), and the best test accuracy reached within 10, 30, 60 and 120 minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+MINUTES = (10, 30, 60, 120)
+
+
+def main(path: str) -> None:
+    history = [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+    print("| epoch | train loss | train accuracy | test accuracy | learning rate | minutes |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for h in history:
+        print(
+            f"| {h['epoch']} | {h['train_loss']:.3f} | {h['train_accuracy']:.1%} | "
+            f"{h['test_accuracy']:.2%} | {h['lr']:.3f} | {h['elapsed_seconds'] / 60:.1f} |"
+        )
+    print()
+    print("| within | epochs done | best test accuracy so far |")
+    print("| --- | --- | --- |")
+    for minutes in MINUTES:
+        done = [h for h in history if h["elapsed_seconds"] <= minutes * 60]
+        best = f"{max(h['test_accuracy'] for h in done):.2%}" if done else "-"
+        print(f"| {minutes} min | {len(done)} | {best} |")
+    last = history[-1]
+    print()
+    print(
+        f"{len(history)} epochs, {last['elapsed_seconds'] / 60:.1f} minutes, "
+        f"{sum(h['seconds'] for h in history) / 60:.1f} of them training steps "
+        f"({min(h['images_per_second'] for h in history):.0f}-"
+        f"{max(h['images_per_second'] for h in history):.0f} images/s); "
+        f"final test accuracy {last['test_accuracy']:.2%}"
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
