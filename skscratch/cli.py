@@ -232,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated, in any order (default: all): im2col, conv, batchnorm, "
         "relu_pool_fc, branch_softmax, sk_unit, softmax_ce, gradient_checking",
     )
+    q.add_argument("--points", help="a points table like skscratch/assignment/points.json")
     q.set_defaults(run=commands.assignment)
     q = actions.add_parser("check", help="run the visible checks (in a student copy)")
     q.add_argument("exercise", nargs="?", help="one exercise (default: the assignment's)")
@@ -252,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--points", help="a points table like skscratch/assignment/points.json")
         q.add_argument("--seed", type=int, default=0, help="seed of the hidden checks' inputs")
         q.add_argument("--time-limit", type=_positive, help="seconds per exercise (default: 600)")
-        q.add_argument("--memory", type=_positive, help="MiB per exercise's process (default: 4096)")
+        q.add_argument("--memory", type=_positive, help="MiB per exercise process (default: 4096)")
         q.set_defaults(run=commands.assignment)
     return parser
 

@@ -243,7 +243,7 @@ def assignment(args: argparse.Namespace) -> int:
                          f"grader (`assignment check` runs the visible checks)")  # fmt: skip
     if args.action == "make":
         exercises = tools.parse_exercises(args.exercises)
-        out = tools.make(args.outdir, exercises)
+        out = tools.make(args.outdir, exercises, points=tools.load_points(args.points))
         print(
             f"wrote a student copy with {len(exercises)} exercises to {out} "
             f"(see {out / 'ASSIGNMENT.md'})"

@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from skscratch.assignment._references import (
     batch_stats,
     batchnorm_formula,
@@ -35,7 +36,6 @@ from skscratch.assignment._references import (
     softmax,
 )
 
-TOL = 1e-6  # relative error that passes, in float64
 FULL = 400  # tensors up to this many entries have every entry's finite difference checked
 H = 1e-6  # the finite-difference step
 
@@ -123,36 +123,38 @@ CONV = {  # (n, c_in, c_out, groups, kernel, stride, padding, dilation, h, w, bi
 
 
 def _conv(rng, hidden):
-    cases = []
-    for n, c_in, c_out, g, k, s, p, d, h, w, bias in CONV[hidden]:
-        opts = dict(stride=s, padding=p, dilation=d, groups=g)
-        words = f"{k}x{k}, stride {s}, padding {p}, dilation {d}, groups {g}" + (
-            ", with bias" if bias else ""
-        )
-        x = rng.standard_normal((n, c_in, h, w))
-        wt = rng.standard_normal((c_out, c_in // g, k, k))
-        b = rng.standard_normal(c_out) if bias else None
-        inputs = {"x": x, "w": wt} | ({"b": b} if bias else {})
-        case = Case("forward", f"conv2d_forward, {words}", "conv_forward", inputs, opts)
-        _reference(case, "out", conv_loops(x, wt, b, **opts))
-        cases.append(case)
+    return [case for shape in CONV[hidden] for case in _conv_cases(rng, *shape)]
 
-        dout = rng.standard_normal(case.expected["out"][1].shape)
-        for input_grad in (True, False):
-            check = "backward" if input_grad else "backward without the input gradient"
-            what = f"conv2d_backward, {words}" + ("" if input_grad else ", input_grad=False")
-            case = Case(check, what, "conv_backward", inputs | {"dout": dout},
-                        opts | {"input_grad": input_grad})  # fmt: skip
-            if input_grad:
-                _gradient(case, "dx", lambda v: conv_loops(v, wt, b, **opts), x, dout, rng)
-            else:
-                case.expected["dx"] = ("none", None)
-            _gradient(case, "dw", lambda v: conv_loops(x, v, b, **opts), wt, dout, rng)
-            if bias:
-                _gradient(case, "db", lambda v: conv_loops(x, wt, v, **opts), b, dout, rng)
-            else:
-                case.expected["db"] = ("none", None)
-            cases.append(case)
+
+def _conv_cases(rng, n, c_in, c_out, g, k, s, p, d, h, w, bias):
+    opts = dict(stride=s, padding=p, dilation=d, groups=g)
+    words = f"{k}x{k}, stride {s}, padding {p}, dilation {d}, groups {g}" + (
+        ", with bias" if bias else ""
+    )
+    x = rng.standard_normal((n, c_in, h, w))
+    wt = rng.standard_normal((c_out, c_in // g, k, k))
+    b = rng.standard_normal(c_out) if bias else None
+    inputs = {"x": x, "w": wt} | ({"b": b} if bias else {})
+    forward = Case("forward", f"conv2d_forward, {words}", "conv_forward", inputs, opts)
+    _reference(forward, "out", conv_loops(x, wt, b, **opts))
+    cases = [forward]
+
+    dout = rng.standard_normal(forward.expected["out"][1].shape)
+    for input_grad in (True, False):
+        check = "backward" if input_grad else "backward without the input gradient"
+        what = f"conv2d_backward, {words}" + ("" if input_grad else ", input_grad=False")
+        case = Case(check, what, "conv_backward", inputs | {"dout": dout},
+                    opts | {"input_grad": input_grad})  # fmt: skip
+        if input_grad:
+            _gradient(case, "dx", lambda v: conv_loops(v, wt, b, **opts), x, dout, rng)
+        else:
+            case.expected["dx"] = ("none", None)
+        _gradient(case, "dw", lambda v: conv_loops(x, v, b, **opts), wt, dout, rng)
+        if bias:
+            _gradient(case, "db", lambda v: conv_loops(x, wt, v, **opts), b, dout, rng)
+        else:
+            case.expected["db"] = ("none", None)
+        cases.append(case)
     return cases
 
 
@@ -173,39 +175,43 @@ def _bn_inputs(rng, shape):
 
 
 def _batchnorm(rng, hidden):
+    shapes = [(3, 5), (2, 3, 3, 4)] if hidden else [(4, 3), (3, 2, 4, 5)]
+    return [case for shape in shapes for case in _batchnorm_cases(rng, shape)]
+
+
+def _batchnorm_cases(rng, shape):
+    inputs = _bn_inputs(rng, shape)
+    x, gamma, beta = inputs["x"], inputs["gamma"], inputs["beta"]
+    rm, rv = inputs["running_mean"], inputs["running_var"]
+    mean, var = batch_stats(x)
+    m = x.size // x.shape[1]
+    dout = rng.standard_normal(shape)
     cases = []
-    for shape in [(3, 5), (2, 3, 3, 4)] if hidden else [(4, 3), (3, 2, 4, 5)]:
-        inputs = _bn_inputs(rng, shape)
-        x, gamma, beta = inputs["x"], inputs["gamma"], inputs["beta"]
-        rm, rv = inputs["running_mean"], inputs["running_var"]
-        mean, var = batch_stats(x)
-        m = x.size // x.shape[1]
-        dout = rng.standard_normal(shape)
-        for training in (True, False):
-            mode = "training" if training else "evaluation"
-            opts = {"training": training}
-            case = Case(f"forward, {mode}", f"batchnorm_forward, {mode}, x {shape}",
-                        "batchnorm_forward", inputs, opts)  # fmt: skip
-            if training:
-                _reference(case, "out", batchnorm_formula(x, gamma, beta, mean, var))
-                _reference(case, "running_mean", 0.9 * rm + 0.1 * mean)
-                _reference(case, "running_var", 0.9 * rv + 0.1 * var * m / (m - 1))
-            else:  # the running statistics normalise, and stay as they were
-                _reference(case, "out", batchnorm_formula(x, gamma, beta, rm, rv))
-                _reference(case, "running_mean", rm)
-                _reference(case, "running_var", rv)
-            cases.append(case)
+    for training in (True, False):
+        mode = "training" if training else "evaluation"
+        opts = {"training": training}
+        case = Case(f"forward, {mode}", f"batchnorm_forward, {mode}, x {shape}",
+                    "batchnorm_forward", inputs, opts)  # fmt: skip
+        if training:
+            _reference(case, "out", batchnorm_formula(x, gamma, beta, mean, var))
+            _reference(case, "running_mean", 0.9 * rm + 0.1 * mean)
+            _reference(case, "running_var", 0.9 * rv + 0.1 * var * m / (m - 1))
+        else:  # the running statistics normalise, and stay as they were
+            _reference(case, "out", batchnorm_formula(x, gamma, beta, rm, rv))
+            _reference(case, "running_mean", rm)
+            _reference(case, "running_var", rv)
+        cases.append(case)
 
-            def f(x=x, gamma=gamma, beta=beta, training=training):
-                stats = batch_stats(x) if training else (rm, rv)
-                return batchnorm_formula(x, gamma, beta, *stats)
+        def f(x=x, gamma=gamma, beta=beta, training=training):
+            stats = batch_stats(x) if training else (rm, rv)
+            return batchnorm_formula(x, gamma, beta, *stats)
 
-            case = Case(f"backward, {mode}", f"batchnorm_backward, {mode}, x {shape}",
-                        "batchnorm_backward", inputs | {"dout": dout}, opts)  # fmt: skip
-            _gradient(case, "dx", lambda v, f=f: f(x=v), x, dout, rng)
-            _gradient(case, "dgamma", lambda v, f=f: f(gamma=v), gamma, dout, rng)
-            _gradient(case, "dbeta", lambda v, f=f: f(beta=v), beta, dout, rng)
-            cases.append(case)
+        case = Case(f"backward, {mode}", f"batchnorm_backward, {mode}, x {shape}",
+                    "batchnorm_backward", inputs | {"dout": dout}, opts)  # fmt: skip
+        _gradient(case, "dx", lambda v, f=f: f(x=v), x, dout, rng)
+        _gradient(case, "dgamma", lambda v, f=f: f(gamma=v), gamma, dout, rng)
+        _gradient(case, "dbeta", lambda v, f=f: f(beta=v), beta, dout, rng)
+        cases.append(case)
     return cases
 
 
@@ -283,34 +289,35 @@ SK = {  # (n, c, h, branches, groups, d, stride)
 
 
 def _sk_unit(rng, hidden):
+    return [case for shape in SK[hidden] for case in _sk_unit_cases(rng, *shape)]
+
+
+def _sk_unit_cases(rng, n, c, h, branches, groups, d, stride):
+    p = _sk_params(rng, c, branches, groups, d)
+    x = rng.standard_normal((n, c, h, h))
+    inputs = {"x": x} | {f"p.{k}": v for k, v in p.items()}
+    words = f"M={branches}, G={groups}, stride {stride}, x {x.shape}"
     cases = []
-    for n, c, h, branches, groups, d, stride in SK[hidden]:
-        p = _sk_params(rng, c, branches, groups, d)
-        x = rng.standard_normal((n, c, h, h))
-        inputs = {"x": x} | {f"p.{k}": v for k, v in p.items()}
-        words = f"M={branches}, G={groups}, stride {stride}, x {x.shape}"
-        for training in (True, False):
-            opts = {"stride": stride, "groups": groups, "training": training}
-            mode = "training" if training else "evaluation"
-            out = sk_unit_reference(x, p, stride, groups, training=training)
-            case = Case("forward" if training else "forward, evaluation",
-                        f"sk_unit_forward, {words}, {mode}", "sk_unit_forward", inputs, opts)  # fmt: skip
-            _reference(case, "out", out)
-            cases.append(case)
-        opts = {"stride": stride, "groups": groups}
-        dout = rng.standard_normal(out.shape)
-        case = Case("backward", f"sk_unit_backward, {words}", "sk_unit_backward",
-                    inputs | {"dout": dout}, opts)  # fmt: skip
-        _gradient(case, "dx", lambda v: sk_unit_reference(v, p, stride, groups), x, dout, rng)
-        for key, value in p.items():
-            if key.endswith(("running_mean", "running_var")):
-                continue  # statistics, not parameters: they have no gradient
-
-            def f(v, key=key):
-                return sk_unit_reference(x, p | {key: v}, stride, groups)
-
-            _gradient(case, f"d.{key}", f, value, dout, rng)
+    for training in (True, False):
+        opts = {"stride": stride, "groups": groups, "training": training}
+        mode = "training" if training else "evaluation"
+        check = "forward" if training else "forward, evaluation"
+        case = Case(check, f"sk_unit_forward, {words}, {mode}", "sk_unit_forward", inputs, opts)
+        _reference(case, "out", sk_unit_reference(x, p, stride, groups, training=training))
         cases.append(case)
+    dout = rng.standard_normal(case.expected["out"][1].shape)
+    case = Case("backward", f"sk_unit_backward, {words}", "sk_unit_backward",
+                inputs | {"dout": dout}, {"stride": stride, "groups": groups})  # fmt: skip
+    _gradient(case, "dx", lambda v: sk_unit_reference(v, p, stride, groups), x, dout, rng)
+    for key, value in p.items():
+        if key.endswith(("running_mean", "running_var")):
+            continue  # statistics, not parameters: they have no gradient
+
+        def f(v, key=key):
+            return sk_unit_reference(x, p | {key: v}, stride, groups)
+
+        _gradient(case, f"d.{key}", f, value, dout, rng)
+    cases.append(case)
     return cases
 
 

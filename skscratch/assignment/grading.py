@@ -119,7 +119,9 @@ def _limit_memory(mib: int):
     return apply
 
 
-def run_cases(copy: Path, cases: list, *, time_limit: int, memory_mib: int) -> list[str | None]:
+def run_cases(
+    copy: Path, cases: list, *, time_limit: int, memory_mib: int, case_seconds: int = CASE_SECONDS
+) -> list[str | None]:
     """Run `cases` on the copy in a worker process; return each case's failure reason (None
     where it passes)."""
     work = Path(tempfile.mkdtemp(prefix="skscratch-grade-"))
@@ -132,7 +134,7 @@ def run_cases(copy: Path, cases: list, *, time_limit: int, memory_mib: int) -> l
         # neighbours (_programs.py, ...) from there.
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSAFEPATH")}
         command = [sys.executable, str(HERE / "_worker.py"), str(copy), str(work / "cases"),
-                   str(results), str(CASE_SECONDS)]  # fmt: skip
+                   str(results), str(case_seconds)]  # fmt: skip
         stopped = None
         with open(stderr, "w") as err:
             try:
@@ -180,10 +182,11 @@ def grade(
     cases: dict[str, list] | None = None,
     time_limit: int = TIME_LIMIT,
     memory_mib: int = MEMORY_MIB,
+    case_seconds: int = CASE_SECONDS,
 ) -> Grade:
     """Grade the student copy in `copy` on `exercises` (default: those of its manifest) with
     the hidden cases of `seed` (or `cases`, from hidden_cases), each exercise in its own worker
-    process."""
+    process, under a time limit per exercise and per case and a memory limit."""
     copy = Path(copy).resolve()
     if not (copy / "skscratch" / "__init__.py").is_file():
         raise AssignmentError(f"{copy} holds no student copy (no skscratch/__init__.py in it)")
@@ -193,7 +196,8 @@ def grade(
     checks = []
     for e in exercises:
         mine = {name: CheckResult(e.name, name, points[e.name][name]) for name in e.checks}
-        reasons = run_cases(copy, cases[e.name], time_limit=time_limit, memory_mib=memory_mib)
+        reasons = run_cases(copy, cases[e.name], time_limit=time_limit, memory_mib=memory_mib,
+                            case_seconds=case_seconds)  # fmt: skip
         for case, reason in zip(cases[e.name], reasons, strict=True):
             result = mine[case.check]
             result.total += 1

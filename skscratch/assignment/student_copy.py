@@ -24,6 +24,7 @@ from pathlib import Path
 from skscratch.assignment import _cases
 from skscratch.assignment._casefile import write_cases
 from skscratch.assignment.catalog import EXERCISES, AssignmentError, Exercise
+from skscratch.assignment.grading import load_points
 from skscratch.assignment.text import assignment_text
 
 PACKAGE = Path(__file__).resolve().parents[1]
@@ -32,9 +33,9 @@ MANIFEST = "assignment.json"
 VISIBLE = "visible"  # skscratch/assignment/visible.npz and .json in the copy
 # The student's side of skscratch/assignment: everything else there stays with the instructor.
 STUDENT_SIDE = ("catalog.py", "student.py", "_programs.py", "_compare.py", "_casefile.py")
-STUDENT_INIT = '''"""The student's side of the assignment: `python -m skscratch assignment check [EXERCISE]`
-runs the visible checks of your functions (skscratch.assignment.student). The grader itself
-stays with your instructor."""
+STUDENT_INIT = '''"""The student's side of the assignment:
+`python -m skscratch assignment check [EXERCISE]` runs the visible checks of your functions
+(skscratch.assignment.student). The grader itself stays with your instructor."""
 
 from skscratch.assignment.catalog import EXERCISES, AssignmentError
 from skscratch.assignment.student import check
@@ -87,9 +88,11 @@ def strip_solutions(source: str, exercise_of: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def make(outdir: str | Path, exercises: list[Exercise], *, seed: int = 0) -> Path:
+def make(
+    outdir: str | Path, exercises: list[Exercise], *, seed: int = 0, points: dict | None = None
+) -> Path:
     """Write a student copy to OUTDIR (see the module's docstring); `seed` draws the inputs of
-    its visible checks.
+    its visible checks, and ASSIGNMENT.md gives the points of `points` (grading.load_points).
 
     OUTDIR must not exist or be empty: nothing already there is overwritten."""
     out = Path(outdir)
@@ -116,7 +119,7 @@ def make(outdir: str | Path, exercises: list[Exercise], *, seed: int = 0) -> Pat
         (staging / MANIFEST).write_text(json.dumps({"exercises": names}, indent=1) + "\n")
         (staging / "pyproject.toml").write_text(_pyproject())
         (staging / "LICENSE").write_text(_license())
-        (staging / "ASSIGNMENT.md").write_text(assignment_text(exercises))
+        (staging / "ASSIGNMENT.md").write_text(assignment_text(exercises, points or load_points()))
         out.mkdir(parents=True, exist_ok=True)
         for item in staging.iterdir():
             item.rename(out / item.name)
@@ -136,8 +139,12 @@ def _student_side(folder: Path, seed: int) -> None:
     for name in STUDENT_SIDE:
         shutil.copy2(Path(__file__).with_name(name), folder / name)
     (folder / "__init__.py").write_text(STUDENT_INIT)
-    cases = [case for e in EXERCISES for case in _cases.build(e.name, seed, hidden=False)]
-    write_cases(folder / VISIBLE, cases, expected=True)
+    if seed not in _VISIBLE:  # the same for every copy of a seed: worked out once
+        _VISIBLE[seed] = [c for e in EXERCISES for c in _cases.build(e.name, seed, hidden=False)]
+    write_cases(folder / VISIBLE, _VISIBLE[seed], expected=True)
+
+
+_VISIBLE: dict[int, list] = {}
 
 
 def _pyproject() -> str:

@@ -3,14 +3,11 @@ submit, and how it is graded."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from skscratch.assignment.catalog import Exercise
 
 
-def assignment_text(exercises: list[Exercise]) -> str:
-    points = json.loads(Path(__file__).with_name("points.json").read_text())
+def assignment_text(exercises: list[Exercise], points: dict[str, dict[str, float]]) -> str:
+    """The text, with each exercise's points from the points table `points`."""
     lines = [
         "# Assignment: Selective Kernel Networks from scratch",
         "",
