@@ -352,6 +352,7 @@ def test_grading_a_folder_writes_one_row_per_submission(tmp_path, capsys):
     assert (rows["bob"]["points"], rows["bob"]["max_points"]) == ("0.0", "15")
     assert (rows["carol"]["points"], rows["carol"]["batchnorm"]) == ("10.0", "10.0")
     assert rows["carol"]["conv"] == ""  # not part of carol's assignment
+    assert rows["carol"]["exercises"] == "batchnorm"
     assert "holds no student copy" in rows["dan"]["error"] and rows["dan"]["points"] == ""
     printed = capsys.readouterr().out
     assert "carol: 10.0 of 15" in printed and "dan: " in printed

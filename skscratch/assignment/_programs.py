@@ -39,7 +39,7 @@ def conv_forward(inputs, options):
 def conv_backward(inputs, options):
     from skscratch.conv import conv2d_backward, conv2d_forward
 
-    input_grad = options.pop("input_grad", True)
+    input_grad = options.pop("input_grad", True)  # options is the caller's copy
     _, cache = conv2d_forward(inputs["x"], inputs["w"], inputs.get("b"), **options)
     dx, dw, db = conv2d_backward(inputs["dout"], cache, input_grad=input_grad)
     return {"dx": dx, "dw": dw, "db": db}
@@ -160,5 +160,11 @@ def relu_kink_entries(inputs, options):
 
 
 PROGRAMS = {
-    name: f for name, f in globals().items() if callable(f) and not name.startswith(("_", "np"))
-}
+    f.__name__: f
+    for f in (
+        im2col, col2im, conv_forward, conv_backward, batchnorm_forward, batchnorm_backward,
+        relu_backward, pool_backward, linear_backward, branch_softmax_forward,
+        branch_softmax_backward, sk_unit_forward, sk_unit_backward, softmax_ce,
+        centred_difference, best_float32_step, find_the_planted_bug, relu_kink_entries,
+    )
+}  # fmt: skip

@@ -131,8 +131,13 @@ def run_cases(
         results.mkdir()
         stderr = work / "stderr"
         # Without PYTHONSAFEPATH the worker's own folder is first on its path: it imports its
-        # neighbours (_programs.py, ...) from there.
+        # neighbours (_programs.py, ...) from there. One BLAS thread: the small cases need no
+        # more, and a BLAS library reserves address space per thread, which the memory limit
+        # counts (on a machine of many cores, enough to fail importing NumPy).
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSAFEPATH")}
+        env |= {
+            name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+        }
         command = [sys.executable, str(HERE / "_worker.py"), str(copy), str(work / "cases"),
                    str(results), str(case_seconds)]  # fmt: skip
         stopped = None
@@ -253,8 +258,9 @@ def gradescope(grade: Grade, visibility: str = "after_published") -> dict:
 def grade_folder(folder: str | Path, csv_path: str | Path, *, exercises: list[Exercise] | None,
                  seed: int = 0, points: dict | None = None, **limits) -> list[dict]:  # fmt: skip
     """Grade every submission (each a folder holding a student copy) in `folder`, and write one
-    CSV row per submission: its name, total, maximum and the points of every exercise, or the
-    error that kept it from being graded. One bad submission never stops the rest."""
+    CSV row per submission: its name, total, maximum, the exercises graded and the points of
+    each, or the error that kept it from being graded. One bad submission never stops the
+    rest."""
     folder = Path(folder)
     submissions = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not submissions:
@@ -270,11 +276,17 @@ def grade_folder(folder: str | Path, csv_path: str | Path, *, exercises: list[Ex
         except AssignmentError as exc:
             row["error"] = str(exc)
         else:
-            row |= {"points": round(result.points, 4), "max_points": result.max_points}
+            row |= {
+                "points": round(result.points, 4),
+                "max_points": result.max_points,
+                # what was graded: a manifest edited to leave exercises out shows here
+                "exercises": " ".join(e.name for e in result.exercises),
+            }
             for e in result.exercises:
                 row[e.name] = round(result.of(e.name)[0], 4)
         rows.append(row)
-    columns = ["submission", "points", "max_points", *(e.name for e in everything), "error"]
+    columns = ["submission", "points", "max_points", "exercises", *(e.name for e in everything),
+               "error"]  # fmt: skip
     with open(csv_path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, restval="")
         writer.writeheader()
