@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -274,6 +275,19 @@ def test_a_runaway_allocation_fails_its_case_and_the_rest_run(tmp_path, cases):
     reasons = _reasons(grade, "softmax_ce", "loss and gradient")
     assert len(reasons) == 2 and all("raised MemoryError" in r for r in reasons), reasons
     assert grade.of("conv") == (15, 15)
+
+
+def test_what_the_students_code_starts_is_stopped_with_its_worker(tmp_path, cases):
+    copy = _make(tmp_path, "spawner", "softmax_ce")
+    marker = tmp_path / "still-running"
+    child = f"import time; time.sleep(4); open({str(marker)!r}, 'w').write('x')"
+    _plant(copy, "losses.py", "from skscratch._checks import",
+           f"import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', {child!r}])\n"
+           "from skscratch._checks import")  # fmt: skip
+    grade = assignment.grade(copy, cases=cases)
+    assert grade.points == 0
+    time.sleep(6)
+    assert not marker.exists()
 
 
 # Each plants code that runs when the student's losses.py is imported (or when its function is

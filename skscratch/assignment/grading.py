@@ -20,6 +20,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -142,16 +143,23 @@ def run_cases(
                    str(results), str(case_seconds)]  # fmt: skip
         stopped = None
         with open(stderr, "w") as err:
+            # A session of its own: whatever the student's code starts is stopped with it.
+            worker = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                env=env, cwd=copy, start_new_session=True,
+                preexec_fn=_limit_memory(memory_mib),
+            )  # fmt: skip
             try:
-                run = subprocess.run(
-                    command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                    timeout=time_limit, env=env, cwd=copy,
-                    preexec_fn=_limit_memory(memory_mib),
-                )  # fmt: skip
-                if run.returncode:
-                    stopped = f"the process ended with status {run.returncode}"
+                if worker.wait(timeout=time_limit):
+                    stopped = f"the process ended with status {worker.returncode}"
             except subprocess.TimeoutExpired:
                 stopped = f"the exercise took over {time_limit} s"
+            finally:
+                try:
+                    os.killpg(worker.pid, signal.SIGKILL)
+                except ProcessLookupError:  # the whole group has ended already
+                    pass
+                worker.wait()
         expected_files = {f"{i}.{ext}" for i in range(len(cases)) for ext in ("npz", "json")}
         planted = sorted({p.name for p in results.iterdir()} - expected_files)
         if planted:
