@@ -217,10 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = subparsers.add_parser(
         "assignment",
-        help="make a student copy with functions to write, or grade one",
+        help="make a student copy with functions to write, check one, or grade copies",
         description="make: copy skscratch with the bodies of the chosen exercises replaced by "
-        "NotImplementedError, plus ASSIGNMENT.md. grade: check every exercise of a student "
-        "copy against independent references and finite differences, and print the points.",
+        "NotImplementedError (installable, with ASSIGNMENT.md and the visible checks). check: "
+        "run the visible checks of a copy's functions. grade: run the hidden checks on a copy "
+        "and print the points (--json: Gradescope's results.json). grade-all: grade every "
+        "submission folder in a folder into one CSV.",
     )
     actions = p.add_subparsers(dest="action", required=True, metavar="action", parser_class=_Parser)
     q = actions.add_parser("make", help="write a student copy to OUTDIR (new or empty)")
@@ -230,11 +232,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated, in any order (default: all): im2col, conv, batchnorm, "
         "relu_pool_fc, branch_softmax, sk_unit, softmax_ce, gradient_checking",
     )
+    q.add_argument("--points", help="a points table like skscratch/assignment/points.json")
     q.set_defaults(run=commands.assignment)
-    q = actions.add_parser("grade", help="grade the student copy in OUTDIR")
-    q.add_argument("outdir")
-    q.add_argument("--seed", type=int, default=0, help="random seed of the checks' inputs")
+    q = actions.add_parser("check", help="run the visible checks (in a student copy)")
+    q.add_argument("exercise", nargs="?", help="one exercise (default: the assignment's)")
     q.set_defaults(run=commands.assignment)
+    for name, target, help in (
+        ("grade", "copy", "grade the student copy in COPY"),
+        ("grade-all", "folder", "grade every submission folder in FOLDER"),
+    ):
+        q = actions.add_parser(name, help=help)
+        q.add_argument(target)
+        if name == "grade":
+            q.add_argument("--json", help="also write Gradescope's results.json to this file")
+        else:
+            q.add_argument("--csv", required=True, help="write one row per submission here")
+        q.add_argument(
+            "--exercises", help="grade these (default: those of each copy's assignment.json)"
+        )
+        q.add_argument("--points", help="a points table like skscratch/assignment/points.json")
+        q.add_argument("--seed", type=int, default=0, help="seed of the hidden checks' inputs")
+        q.add_argument("--time-limit", type=_positive, help="seconds per exercise (default: 600)")
+        q.add_argument("--memory", type=_positive, help="MiB per exercise process (default: 4096)")
+        q.set_defaults(run=commands.assignment)
     return parser
 
 

@@ -232,19 +232,45 @@ def bench(args: argparse.Namespace) -> int:
 
 
 def assignment(args: argparse.Namespace) -> int:
-    """`skscratch assignment make|grade`: write a student copy, or grade one (1 unless all pass)."""
-    try:
-        from skscratch import assignment as tools  # not `assignment`: that is this function
-    except ImportError as exc:  # in a student copy
-        raise UsageError(str(exc)) from None
+    """`skscratch assignment make|check|grade|grade-all`: write a student copy, run its visible
+    checks, or grade copies (1 unless everything passes)."""
+    from skscratch import assignment as tools  # not `assignment`: that is this function
+
+    if args.action == "check":
+        return 1 if tools.check(args.exercise) else 0
+    if not hasattr(tools, "make"):  # a student copy holds only the student's side
+        raise UsageError(f"`assignment {args.action}` is for instructors: a student copy has no "
+                         f"grader (`assignment check` runs the visible checks)")  # fmt: skip
     if args.action == "make":
         exercises = tools.parse_exercises(args.exercises)
-        out = tools.make(args.outdir, exercises)
+        out = tools.make(args.outdir, exercises, points=tools.load_points(args.points))
         print(
             f"wrote a student copy with {len(exercises)} exercises to {out} "
             f"(see {out / 'ASSIGNMENT.md'})"
         )
         return 0
-    results = tools.grade(args.outdir, seed=args.seed)
-    print(tools.report(results))
-    return 0 if all(r.passed == len(r.checks) for r in results) else 1
+    points = tools.load_points(args.points)
+    exercises = tools.parse_exercises(args.exercises) if args.exercises else None
+    limits = {
+        key: value
+        for key, value in (("time_limit", args.time_limit), ("memory_mib", args.memory))
+        if value is not None  # else grading's own defaults
+    }
+    if args.action == "grade-all":
+        rows = tools.grade_folder(
+            args.folder, args.csv, exercises=exercises, seed=args.seed, points=points, **limits
+        )
+        for row in rows:
+            score = row.get("error") or f"{row['points']:.1f} of {row['max_points']:g}"
+            print(f"{row['submission']}: {score}")
+        print(f"wrote {args.csv}")
+        return 0
+    result = tools.grade(args.copy, exercises=exercises, seed=args.seed, points=points, **limits)
+    print(tools.report(result))
+    if args.json:
+        from skscratch.checkpoint import atomic_write
+
+        data = (json.dumps(tools.gradescope(result), indent=1) + "\n").encode()
+        atomic_write(Path(args.json), lambda f: f.write(data))
+        print(f"wrote {args.json}")
+    return 0 if result.points == result.max_points else 1

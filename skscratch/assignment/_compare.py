@@ -1,85 +1,69 @@
-"""How the grader compares a student's answer with the truth, and stops a check that runs long.
+"""How a check's results are judged against its expected values, with a readable reason.
 
-`expect` compares a result with an independent reference (`_references.py`); `expect_gradient`
-compares a backward pass with centred differences of the reference in float64, weighting the
-output by a random upstream gradient (an all-ones one hides batch-norm bugs, because the
-normalised values sum to zero). Either raises `CheckFailed` with a readable reason: the wrong
-shape, None, NaN or inf, or the relative error over the limit. `TimeLimit` is what
-`raise_time_limit`, the SIGALRM handler, raises into a check that takes too long.
+`judge` takes what a program of `_programs.py` returned and what the case expects (see
+`_cases.py`: a rule and a value per result) and returns None if every result passes, else the
+reason of the first that fails: the wrong shape, None, NaN or inf, a missing or unexpected
+result, or the relative error over the limit. It runs where the expected values are: in the
+grader's process for hidden checks, in the student's for the visible ones.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-TOLERANCE = 1e-6  # largest relative error that passes, in float64
-
-
-class CheckFailed(Exception):
-    """A check's readable reason for failing."""
-
-
-class TimeLimit(Exception):
-    """A check ran past its time limit."""
-
-
-def raise_time_limit(signum, frame):
-    """The SIGALRM handler: stops the running check."""
-    raise TimeLimit
+TOL = 1e-6  # relative error that passes, in float64
 
 
 def rel_error(a, b) -> float:
+    """max |a - b| / max(|a|, |b|) over the entries where b is not NaN (0 if both are 0)."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    checked = ~np.isnan(b)
+    a, b = a[checked], b[checked]
     scale = max(np.abs(a).max(initial=0.0), np.abs(b).max(initial=0.0))
     return 0.0 if scale == 0 else float(np.abs(a - b).max() / scale)
 
 
-def expect(what: str, got, want, tol: float = TOLERANCE) -> None:
-    got = np.asarray(got) if got is not None else None
+def _judge_one(name: str, got, rule: str, want, source: str) -> str | None:
+    if rule == "none":
+        return None if got is None else f"{name} should be None here, got {_kind(got)}"
     if got is None:
-        raise CheckFailed(f"{what}: returned None")
-    if got.shape != np.shape(want):
-        raise CheckFailed(f"{what}: shape {got.shape}, expected {np.shape(want)}")
+        return f"{name}: returned None"
+    got = np.asarray(got)
+    want = np.asarray(want)
+    if got.shape != want.shape:
+        return f"{name}: shape {got.shape}, expected {want.shape}"
+    if rule == "equal":
+        if got.dtype.kind != want.dtype.kind or not np.array_equal(got, want):
+            wrong = "" if got.dtype.kind != want.dtype.kind or got.ndim == 0 else (
+                f" at {int(np.sum(got != want))} of {got.size} entries"
+            )  # fmt: skip
+            shown = f" ({got.item()!r})" if got.ndim == 0 else ""
+            return f"{name}{shown} differs from {source}{wrong}"
+        return None
+    if got.dtype.kind not in "fiu":
+        return f"{name}: expected numbers, got an array of dtype {got.dtype}"
     if not np.all(np.isfinite(got)):
-        raise CheckFailed(f"{what}: contains NaN or inf")
+        return f"{name}: contains NaN or inf"
     err = rel_error(got, want)
-    if not err < tol:
-        raise CheckFailed(f"{what}: relative error {err:.1e} against the reference (limit {tol:g})")
+    if not err < TOL:
+        return f"{name} is wrong: relative error {err:.1e} against {source} (limit {TOL:g})"
+    return None
 
 
-def numerical_gradient(f, x, dout, h=1e-6, max_entries=30, rng=None):
-    """Centred differences of sum(f(x) * dout) at up to max_entries sampled entries of x;
-    returns (indices, values)."""
-    x = np.array(x, dtype=np.float64)
-    flat = x.reshape(-1)
-    idx = np.arange(flat.size)
-    if flat.size > max_entries:
-        idx = rng.choice(flat.size, max_entries, replace=False)
-    values = []
-    for i in idx:
-        old = flat[i]
-        flat[i] = old + h
-        plus = np.sum(f(x) * dout)
-        flat[i] = old - h
-        minus = np.sum(f(x) * dout)
-        flat[i] = old
-        values.append((plus - minus) / (2 * h))
-    return idx, np.array(values)
+def _kind(value) -> str:
+    return f"an array of shape {np.shape(value)}" if hasattr(value, "shape") else repr(value)
 
 
-def expect_gradient(what: str, analytic, f, x, dout, rng) -> None:
-    """analytic: the student's gradient of sum(f(x) * dout) with respect to x."""
-    if analytic is None:
-        raise CheckFailed(f"{what}: returned None")
-    analytic = np.asarray(analytic)
-    if analytic.shape != np.shape(x):
-        raise CheckFailed(f"{what}: shape {analytic.shape}, expected {np.shape(x)}")
-    if not np.all(np.isfinite(analytic)):
-        raise CheckFailed(f"{what}: contains NaN or inf")
-    idx, numeric = numerical_gradient(f, x, dout, rng=rng)
-    err = rel_error(analytic.reshape(-1)[idx], numeric)
-    if not err < TOLERANCE:
-        raise CheckFailed(
-            f"{what} is wrong: relative error {err:.1e} against finite differences "
-            f"(limit {TOLERANCE:g})"
-        )
+def judge(got: dict, expected: dict, source: dict) -> str | None:
+    """None if the results `got` ({name: value}) meet `expected` ({name: (rule, value)}), else
+    the first reason they do not. A missing result fails, and so does one no check asked for."""
+    unexpected = sorted(set(got) - set(expected))
+    if unexpected:
+        return f"unexpected results {unexpected}"
+    for name, (rule, want) in expected.items():
+        if name not in got:
+            return f"{name}: missing from the results"
+        reason = _judge_one(name, got[name], rule, want, source.get(name, "the reference"))
+        if reason:
+            return reason
+    return None

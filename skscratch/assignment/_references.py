@@ -92,19 +92,22 @@ def softmax(z, axis):
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def sk_unit_reference(x, p, stride, groups):
-    """The SK unit (training mode) from the formulas: Split, Fuse, Select."""
+def sk_unit_reference(x, p, stride, groups, training=True):
+    """The SK unit from the formulas: Split, Fuse, Select. In training mode every batch norm
+    normalises with its batch's statistics, in evaluation mode with its running ones."""
+
+    def bn(v, prefix):
+        stats = batch_stats(v) if training else (p[f"{prefix}.running_mean"],
+                                                 p[f"{prefix}.running_var"])  # fmt: skip
+        return batchnorm_formula(v, p[f"{prefix}.weight"], p[f"{prefix}.bias"], *stats)
+
     m_count = sum(1 for k in p if k.startswith("convs."))
     branches = []
     for m in range(m_count):
         d = m + 1
         u = conv_loops(x, p[f"convs.{m}.weight"], None, stride, d, d, groups)
-        mean, var = batch_stats(u)
-        u = batchnorm_formula(u, p[f"bns.{m}.weight"], p[f"bns.{m}.bias"], mean, var)
-        branches.append(np.maximum(u, 0))
+        branches.append(np.maximum(bn(u, f"bns.{m}"), 0))
     s = sum(branches).mean(axis=(2, 3))
-    z = s @ p["fc.weight"].T
-    mean, var = batch_stats(z)
-    z = np.maximum(batchnorm_formula(z, p["fc_bn.weight"], p["fc_bn.bias"], mean, var), 0)
+    z = np.maximum(bn(s @ p["fc.weight"].T, "fc_bn"), 0)
     a = softmax((z @ p["select.weight"].T).reshape(len(x), m_count, -1), axis=1)
     return sum(a[:, m, :, None, None] * u for m, u in enumerate(branches))

@@ -1,38 +1,34 @@
-"""The grading checks of one exercise, run against a student copy in a fresh process.
+"""Runs one exercise's programs on a student copy, in a process of its own, and writes what they
+return; it judges nothing.
 
-    python _worker.py STUDENT_DIR EXERCISE SEED SECONDS_PER_CHECK
+    python _worker.py STUDENT_DIR CASES RESULTS SECONDS_PER_CASE
 
-prints one JSON line per check: {"check": ..., "passed": bool, "reason": ...}. The student's
-package is imported from STUDENT_DIR; the references (`_references.py`) use NumPy alone (nested
-loops and formulas written out again), so a mistake in the student's code cannot leak into its
-own grade. What is graded is the student's own functions, the reference path: in this process
-`skscratch.fast` (the compiled backend, which is the instructor's code) cannot be imported, so
-a function that hands its work to it fails instead of scoring.
-Backward passes are checked against centred differences in float64, with a random upstream
-gradient (`_compare.py`). Each check has a time limit; a check that raises, returns the wrong
-shape or NaN, or takes too long fails with a reason, and the next check runs.
+CASES is the base name of the cases file (`_casefile.py`), which holds the inputs and options
+but not the expected values: those stay with the grader, which alone decides what passes. For
+each case i the worker writes RESULTS/i.npz and RESULTS/i.json: the program's results, or the
+reason it stopped (it raised, took longer than its time limit, was not written yet). What the
+student's code prints goes nowhere the grader reads; whatever it writes or returns can at most
+be a wrong answer.
 
-The checks themselves are in `_checks_operations.py` and `_checks_gradient_checking.py`. This
-file runs as a script, not as part of the package: its neighbours are imported by their plain
-names, from its own folder (the first entry of a script's sys.path), and all of them before the
-student copy goes on the path, so none can be replaced by a module of the student's.
+The student's package is imported from STUDENT_DIR. `skscratch.fast` (the compiled backend,
+the instructor's code) cannot be imported here: the student's own functions are graded. This
+file runs as a script, not as part of the package: its neighbours (`_programs.py`,
+`_casefile.py`) are imported by their plain names from its own folder, before the student copy
+goes on the path, so none can be replaced by a module of the student's.
 """
 
 from __future__ import annotations
 
 import importlib.abc
-import json
 import os
 import signal
 import sys
 import traceback
+from pathlib import Path
 
-import _checks_gradient_checking
-import _checks_operations
-import numpy as np
-from _compare import CheckFailed, TimeLimit, raise_time_limit
-
-CHECKS = _checks_operations.CHECKS | _checks_gradient_checking.CHECKS
+import numpy as np  # noqa: F401 - loaded before the student's code can shadow it
+from _casefile import read_cases, write_result
+from _programs import PROGRAMS
 
 
 class NoFastBackend(importlib.abc.MetaPathFinder):
@@ -47,40 +43,58 @@ class NoFastBackend(importlib.abc.MetaPathFinder):
         return None
 
 
-def run(student_dir: str, exercise: str, seed: int, seconds: int) -> None:
+class TimeLimit(BaseException):
+    """A case ran past its time limit (a BaseException: student code catching Exception
+    cannot swallow it)."""
+
+
+def _raise_time_limit(signum, frame):
+    raise TimeLimit
+
+
+def _reason(exc: BaseException, seconds: int) -> str:
+    if isinstance(exc, TimeLimit):
+        return f"took longer than {seconds} s"
+    if isinstance(exc, NotImplementedError):
+        return f"not written yet ({exc})"
+    where = traceback.extract_tb(exc.__traceback__)
+    at = f" ({os.path.basename(where[-1].filename)}, line {where[-1].lineno})" if where else ""
+    return f"raised {type(exc).__name__}: {exc}{at}"
+
+
+def run(student_dir: str, cases_base: str, results_dir: str, seconds: int) -> None:
+    cases, results = read_cases(Path(cases_base)), Path(results_dir)
     sys.meta_path.insert(0, NoFastBackend())
     sys.path.insert(0, student_dir)
-    import skscratch
+    try:
+        import skscratch
 
-    here = os.path.realpath(os.path.dirname(skscratch.__file__))
-    if not here.startswith(os.path.realpath(student_dir) + os.sep):
-        sys.exit(f"imported skscratch from {here}, not from the student copy {student_dir}")
+        here = os.path.realpath(os.path.dirname(skscratch.__file__))
+        if not here.startswith(os.path.realpath(student_dir) + os.sep):
+            raise ImportError(f"imported skscratch from {here}, not from the student copy")
+    except BaseException as exc:  # noqa: BLE001 - SystemExit too: nothing of the copy runs
+        for i in range(len(cases)):
+            write_result(results, i, None, f"importing the copy failed: {_reason(exc, seconds)}")
+        return
 
-    signal.signal(signal.SIGALRM, raise_time_limit)
-    for name, check in CHECKS[exercise]:
-        rng = np.random.default_rng(seed)
+    signal.signal(signal.SIGALRM, _raise_time_limit)
+    for i, case in enumerate(cases):
+        inputs = {name: value.copy() for name, value in case["inputs"].items()}
+        got, error = None, None
         signal.alarm(seconds)
         try:
-            check(skscratch, rng)
-            result = {"check": name, "passed": True, "reason": ""}
-        except CheckFailed as exc:
-            result = {"check": name, "passed": False, "reason": str(exc)}
-        except TimeLimit:
-            result = {"check": name, "passed": False, "reason": f"took longer than {seconds} s"}
-        except NotImplementedError as exc:
-            result = {"check": name, "passed": False, "reason": f"not written yet ({exc})"}
-        except Exception as exc:  # noqa: BLE001 - any error in student code is a failed check
-            where = traceback.extract_tb(exc.__traceback__)[-1]
-            result = {
-                "check": name,
-                "passed": False,
-                "reason": f"raised {type(exc).__name__}: {exc} "
-                f"({os.path.basename(where.filename)}, line {where.lineno})",
-            }
+            got = PROGRAMS[case["program"]](inputs, dict(case["options"]))
+        except BaseException as exc:  # noqa: BLE001 - any error in student code fails the case
+            error = _reason(exc, seconds)
         finally:
             signal.alarm(0)
-        print(json.dumps(result), flush=True)
+        try:
+            write_result(results, i, got, error)
+        except FileExistsError:
+            pass  # a result was planted before this case ran: the grader fails it as such
+        except (TypeError, ValueError) as exc:  # results that are not arrays of numbers
+            write_result(results, i, None, f"returned something that is not an array ({exc})")
 
 
 if __name__ == "__main__":
-    run(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    run(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))
