@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=commands.gradcheck)
 
     from skscratch.models import PRESETS
+    from skscratch.nn import ATTENTION_INITS
     from skscratch.train import SCHEDULES, TrainConfig
 
     defaults = TrainConfig()
@@ -93,6 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(PRESETS),
         default="default",
         help="network configuration (default: %(default)s)",
+    )
+    p.add_argument(
+        "--attention-init",
+        choices=ATTENTION_INITS,
+        help="how the SK units' fc and select weights start: kaiming (normal, std "
+        "sqrt(2/fan_in)) or official (normal, std 0.01) (default: the model's)",
+    )
+    p.add_argument(
+        "--zero-init-residual",
+        action=argparse.BooleanOptionalAction,
+        help="start every block's last batch-norm scale at 0 (default: the model's)",
     )
     p.add_argument("--epochs", type=_positive, default=defaults.epochs, help="default: %(default)s")
     p.add_argument(

@@ -72,7 +72,13 @@ def train(args: argparse.Namespace) -> int:
         test_flips=args.test_flips,
     )
     data = load_cifar10(args.data)
-    model_config = PRESETS[args.model]
+    choices = (
+        ("attention_init", args.attention_init),
+        ("zero_init_residual", args.zero_init_residual),
+    )
+    model_config = dataclasses.replace(
+        PRESETS[args.model], **{key: value for key, value in choices if value is not None}
+    )
     if args.resume:
         print(f"resuming the run in {args.out} on the {args.backend} backend")
     else:
