@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from skscratch.models import PRESETS
     from skscratch.nn import ATTENTION_INITS
-    from skscratch.train import SCHEDULES, TrainConfig
+    from skscratch.recipe import SCHEDULES, TrainConfig
 
     defaults = TrainConfig()
 
@@ -280,8 +280,8 @@ def _user_errors() -> tuple[type[Exception], ...]:
     keeps its traceback, even a ValueError (which NumPy raises too)."""
     from skscratch.checkpoint import CheckpointError
     from skscratch.data import DataError
+    from skscratch.recipe import ConfigError
     from skscratch.runs import TrainingError
-    from skscratch.train import ConfigError
 
     errors = (commands.UsageError, DataError, CheckpointError, TrainingError, ConfigError)
     try:

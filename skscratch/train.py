@@ -41,6 +41,7 @@ from skscratch.evaluation import evaluate
 from skscratch.losses import softmax_cross_entropy
 from skscratch.models import SKNetConfig, SKResNeXt
 from skscratch.optim import SGD, learning_rate
+from skscratch.recipe import TrainConfig
 from skscratch.runs import (
     CHECKPOINT,
     CURVES,
@@ -51,56 +52,6 @@ from skscratch.runs import (
     plot_history,
     write_metrics,
 )
-
-
-class ConfigError(ValueError):
-    """A training configuration with a value training cannot use."""
-
-
-SCHEDULES = ("onecycle", "cosine")  # the learning-rate decays skscratch.optim.learning_rate knows
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How to train: the defaults are those of the command line (`skscratch train --help`)."""
-
-    epochs: int = 42
-    batch_size: int = 128
-    lr: float = 0.2  # the peak of the schedule
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 1.0
-    schedule: str = "onecycle"
-    seed: int = 0
-    subset: int | None = None  # train on the first `subset` training images
-    test_subset: int | None = None  # evaluate on the first `test_subset` test images
-    augment: bool = True
-    label_smoothing: float = 0.2  # eps of skscratch.losses' label-smoothed targets
-    test_flips: bool = True  # evaluate on the mean logits of each test image and its mirror
-
-    def __post_init__(self):
-        # Ranges as `not low <= x < high`: NaN fails every comparison, so it is refused too.
-        if self.epochs < 1:
-            raise ConfigError(f"epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 2:
-            raise ConfigError(f"batch size must be at least 2 (batch norm), got {self.batch_size}")
-        if not 0 < self.lr < math.inf:
-            raise ConfigError(f"lr must be positive, got {self.lr}")
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
-        if not 0 <= self.weight_decay < math.inf:
-            raise ConfigError(f"weight decay must not be negative, got {self.weight_decay}")
-        if not 0 <= self.warmup_epochs < math.inf:
-            raise ConfigError(f"warm-up must not be negative, got {self.warmup_epochs} epochs")
-        if not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        for name in ("subset", "test_subset"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"{name} must be at least 1, got {value}")
 
 
 def train_step(
@@ -253,16 +204,12 @@ def _start(
     )
 
 
-# What a run whose checkpoint predates a TrainConfig field did, where the default now differs.
-_BEFORE_THE_FIELD = {"label_smoothing": 0.0, "test_flips": False}
-
-
 def _read_meta(meta: dict, path: Path) -> tuple[SKNetConfig, TrainConfig, Position, list[dict]]:
     """The model and training configurations, position and history a checkpoint's header holds."""
     try:
         return (
             SKNetConfig.from_dict(meta["model_config"]),
-            TrainConfig(**(_BEFORE_THE_FIELD | meta["train_config"])),
+            TrainConfig.from_dict(meta["train_config"]),
             Position(**meta["position"]),
             list(meta["history"]),
         )
