@@ -114,15 +114,11 @@ def train(args: argparse.Namespace) -> int:
 def evaluate(args: argparse.Namespace) -> int:
     """`skscratch evaluate`: a checkpoint's test accuracy, overall and per class."""
     from skscratch import evaluation
-    from skscratch.checkpoint import load_checkpoint
     from skscratch.data import load_cifar10
-    from skscratch.runs import load_model
+    from skscratch.runs import load_run
 
-    model, mean, std = load_model(args.checkpoint, backend=args.backend)
-    flips = args.flips
-    if flips is None:  # as the run evaluated itself
-        meta = load_checkpoint(Path(args.checkpoint))[0]
-        flips = bool(meta.get("train_config", {}).get("test_flips"))
+    model, mean, std, config = load_run(args.checkpoint, backend=args.backend)
+    flips = config.test_flips if args.flips is None else args.flips  # default: as the run did
     data = load_cifar10(args.data)
     result = evaluation.evaluate(model, data.x_test, data.y_test, mean, std, flips=flips)
     print(
