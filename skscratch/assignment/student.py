@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from skscratch.assignment._casefile import read_cases
-from skscratch.assignment._compare import judge
+from skscratch.assignment._compare import failure, judge
 from skscratch.assignment._programs import PROGRAMS
 from skscratch.assignment.catalog import BY_NAME, VISIBLE, AssignmentError, manifest_exercises
 
@@ -66,10 +66,8 @@ def _run(case: dict) -> str | None:
     started = time.perf_counter()
     try:
         got = PROGRAMS[case["program"]](inputs, dict(case["options"]))
-    except NotImplementedError as exc:
-        return f"not written yet ({exc})"
     except Exception as exc:  # noqa: BLE001 - a student's error is a failed check, with its reason
-        return f"raised {type(exc).__name__}: {exc}"
+        return failure(exc)
     reason = judge(got, case["expected"], case["source"])
     seconds = time.perf_counter() - started
     if reason is None and seconds > 30:
