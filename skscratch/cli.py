@@ -141,7 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--test-flips",
         action=argparse.BooleanOptionalAction,
         default=defaults.test_flips,
-        help="evaluate on the mean logits of each test image and its mirror image "
+        help="after the last epoch, evaluate also on the mean logits of each test image and "
+        "its mirror image (default: %(default)s)",
+    )
+    p.add_argument(
+        "--cutout",
+        type=int,
+        default=defaults.cutout,
+        help="zero a random square of this side in each training image, 0 for none "
         "(default: %(default)s)",
     )
     p.add_argument("--subset", type=_positive, help="train on the first N training images")

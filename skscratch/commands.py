@@ -70,6 +70,7 @@ def train(args: argparse.Namespace) -> int:
         augment=not args.no_augment,
         label_smoothing=args.label_smoothing,
         test_flips=args.test_flips,
+        cutout=args.cutout,
     )
     data = load_cifar10(args.data)
     choices = (

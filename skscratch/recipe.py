@@ -21,7 +21,7 @@ SCHEDULES = ("onecycle", "cosine")  # the learning-rate decays skscratch.optim.l
 class TrainConfig:
     """How to train: the defaults are those of the command line (`skscratch train --help`)."""
 
-    epochs: int = 42
+    epochs: int = 46
     batch_size: int = 128
     lr: float = 0.2  # the peak of the schedule
     momentum: float = 0.9
@@ -32,9 +32,12 @@ class TrainConfig:
     seed: int = 0
     subset: int | None = None  # train on the first `subset` training images
     test_subset: int | None = None  # evaluate on the first `test_subset` test images
-    augment: bool = True
+    augment: bool = True  # random crops and flips
+    cutout: int = 8  # side of the square augment zeroes in each training image (0: none)
     label_smoothing: float = 0.2  # eps of skscratch.losses' label-smoothed targets
-    test_flips: bool = True  # evaluate on the mean logits of each test image and its mirror
+    # After the last epoch, evaluate also on the mean logits of each test image and its mirror
+    # (every epoch's evaluation is on the images alone).
+    test_flips: bool = True
 
     def __post_init__(self):
         # Ranges as `not low <= x < high`: NaN fails every comparison, so it is refused too.
@@ -52,6 +55,8 @@ class TrainConfig:
             raise ConfigError(f"warm-up must not be negative, got {self.warmup_epochs} epochs")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.cutout <= 32:
+            raise ConfigError(f"cutout must be from 0 to 32 pixels, got {self.cutout}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         for name in ("subset", "test_subset"):
@@ -66,4 +71,4 @@ class TrainConfig:
 
 
 # What a run whose checkpoint predates a field did, where the field's default now differs.
-_BEFORE_THE_FIELD = {"label_smoothing": 0.0, "test_flips": False}
+_BEFORE_THE_FIELD = {"label_smoothing": 0.0, "test_flips": False, "cutout": 0}

@@ -255,7 +255,7 @@ def _logged_step(run: _Run, order: NDArray, bar: tqdm, started: float) -> None:
     idx = order[b * config.batch_size : (b + 1) * config.batch_size]
     xb = run.x_train[idx]
     if config.augment:
-        xb = augment(xb, np.random.default_rng([config.seed, 2, epoch, b]))
+        xb = augment(xb, np.random.default_rng([config.seed, 2, epoch, b]), cutout=config.cutout)
     run.optimizer.lr = learning_rate(
         epoch * run.n_batches + b,
         config.epochs * run.n_batches,
@@ -305,13 +305,16 @@ def _train_batch(run: _Run, x: NDArray, y: NDArray, bar: tqdm) -> tuple[float, i
 
 
 def _finish_epoch(run: _Run) -> None:
-    """Evaluate on the test images, add the epoch to the history, move to the next epoch, and
-    save the checkpoint and then the metrics."""
+    """Evaluate on the test images (after the last epoch also with flips, if the run asks for
+    them), add the epoch to the history, move to the next epoch, and save the checkpoint and
+    then the metrics."""
     position, seen = run.position, run.n_batches * run.config.batch_size
     started = time.perf_counter()
-    test = evaluate(
-        run.model, run.x_test, run.y_test, run.mean, run.std, flips=run.config.test_flips
-    )
+    test = evaluate(run.model, run.x_test, run.y_test, run.mean, run.std)
+    flipped = {}
+    if run.config.test_flips and position.epoch + 1 == run.config.epochs:
+        both = evaluate(run.model, run.x_test, run.y_test, run.mean, run.std, flips=True)
+        flipped = {"test_loss_flips": both["loss"], "test_accuracy_flips": both["accuracy"]}
     test_seconds = time.perf_counter() - started
     # The run's time so far: every epoch's training and evaluation (not the time it stood still
     # between a stop and its resumption).
@@ -323,6 +326,7 @@ def _finish_epoch(run: _Run) -> None:
             "train_accuracy": position.correct / seen,
             "test_loss": test["loss"],
             "test_accuracy": test["accuracy"],
+            **flipped,
             "lr": run.optimizer.lr,
             "seconds": position.seconds,
             "images_per_second": seen / position.seconds,
@@ -341,7 +345,9 @@ def _finish_epoch(run: _Run) -> None:
         tqdm.write(
             f"epoch {h['epoch']}: train loss {h['train_loss']:.3f} "
             f"acc {h['train_accuracy']:.3f} | test loss {h['test_loss']:.3f} "
-            f"acc {h['test_accuracy']:.3f} | {h['seconds'] / 60:.1f} min"
+            f"acc {h['test_accuracy']:.3f}"
+            + (f" (with flips {h['test_accuracy_flips']:.3f})" if flipped else "")
+            + f" | {h['seconds'] / 60:.1f} min"
         )
 
 
