@@ -104,10 +104,12 @@ def train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"stopped; continue with: skscratch train --out {args.out} --resume")
         return 130
-    best = max(h["test_accuracy"] for h in history)
+    last, best = history[-1], max(h["test_accuracy"] for h in history)
+    flips = last.get("test_accuracy_flips")
     print(
-        f"done: final test accuracy {history[-1]['test_accuracy']:.4f} (best {best:.4f}); "
-        f"results in {args.out}"
+        f"done: final test accuracy {last['test_accuracy']:.4f} (best {best:.4f})"
+        + ("" if flips is None else f", {flips:.4f} with test-time flips")
+        + f"; results in {args.out}"
     )
     return 0
 

@@ -21,7 +21,7 @@ SCHEDULES = ("onecycle", "cosine")  # the learning-rate decays skscratch.optim.l
 class TrainConfig:
     """How to train: the defaults are those of the command line (`skscratch train --help`)."""
 
-    epochs: int = 46
+    epochs: int = 44
     batch_size: int = 128
     lr: float = 0.2  # the peak of the schedule
     momentum: float = 0.9
