@@ -6,8 +6,9 @@
 The twin (skscratch.interop.torch) starts from the weights the run started from (the same
 configuration and seed), and trains on the same batches in the same order with the same
 augmentation, learning-rate schedule, label smoothing, weight decay (matrices only) and Nesterov
-momentum, and is evaluated the same way (with test-time flips if the run used them). It prints,
-per epoch, the test accuracy and training images per second of both. Equal accuracies, within
+momentum, and is evaluated the same way (on the test images alone after each epoch, as the
+run's metrics are). It prints, per epoch, the test accuracy and training images per second of
+both. Equal accuracies, within
 the noise of a few epochs' float32 rounding, say that the recipe is the same one; the speeds are
 measured on this machine, in this process for PyTorch and from the run's metrics for skscratch.
 
@@ -32,15 +33,13 @@ from skscratch.optim import learning_rate
 from skscratch.train import TrainConfig
 
 
-def evaluate(net, x, y, mean, std, flips: bool, batch_size: int = 500) -> float:
+def evaluate(net, x, y, mean, std, batch_size: int = 500) -> float:
     net.eval()
     correct = 0
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
             images = torch.from_numpy(normalize(x[start : start + batch_size], mean, std))
             logits = net(images)
-            if flips:
-                logits = (logits + net(torch.flip(images, dims=[3]))) / 2
             correct += int((logits.argmax(1).numpy() == y[start : start + batch_size]).sum())
     net.train()
     return correct / len(x)
@@ -107,7 +106,7 @@ def main() -> None:
             loss.backward()
             optimizer.step()
         seconds = time.perf_counter() - started
-        accuracy = evaluate(net, x_test, y_test, mean, std, config.test_flips)
+        accuracy = evaluate(net, x_test, y_test, mean, std)
         ours = history[epoch] if epoch < len(history) else None
         print(
             f"| {epoch + 1} | "
