@@ -133,6 +133,32 @@ def evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def summary(args: argparse.Namespace) -> int:
+    """`skscratch summary`: a network's layers with shapes, parameters and multiply-adds."""
+    from skscratch import summary as counting
+    from skscratch.models import PRESETS, SKNetConfig, SKResNeXt
+
+    if args.model in PRESETS:
+        config = PRESETS[args.model]
+    elif args.model.endswith(".npz"):
+        from skscratch.checkpoint import load_checkpoint
+
+        config = SKNetConfig.from_dict(load_checkpoint(args.model)[0]["model_config"])
+    else:
+        raise UsageError(
+            f"{args.model!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint.npz"
+        )
+    shape = args.input or ((3, 224, 224) if config.stem_type == "imagenet" else (3, 32, 32))
+    model = SKResNeXt(config, backend="reference")
+    try:
+        rows = counting.layers(model, shape, depth=args.depth)
+    except ValueError as exc:
+        raise UsageError(f"an input of {'x'.join(map(str, shape))} is too small: {exc}") from exc
+    print(f"{args.model}, one image of {' x '.join(map(str, shape))}:")
+    print(counting.table(rows))
+    return 0
+
+
 def analyze(args: argparse.Namespace) -> int:
     """`skscratch analyze`: how every SK unit's attention moves as objects grow, for one or more
     networks, printed and written to args.out as figures and JSON."""

@@ -110,11 +110,14 @@ class TorchSKResNeXt(nn.Module):
     def __init__(self, config: SKNetConfig = SKNetConfig()):
         super().__init__()
         self.config = config
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, config.stem, 3, padding=1, bias=False),
-            nn.BatchNorm2d(config.stem),
-            nn.ReLU(),
-        )
+        if config.stem_type == "cifar":
+            conv = nn.Conv2d(3, config.stem, 3, padding=1, bias=False)
+        else:
+            conv = nn.Conv2d(3, config.stem, 7, stride=2, padding=3, bias=False)
+        stem = [conv, nn.BatchNorm2d(config.stem), nn.ReLU()]
+        if config.stem_type == "imagenet":
+            stem.append(nn.MaxPool2d(3, stride=2, padding=1))
+        self.stem = nn.Sequential(*stem)
         stages, c_in = [], config.stem
         for depth, mid, out, stride in zip(
             config.depths, config.mids, config.outs, config.strides, strict=True
