@@ -114,6 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         help="start every block's last batch-norm scale at 0 (default: the model's)",
     )
+    p.add_argument(
+        "--branches",
+        type=_positive,
+        help="branches M of every SK unit, dilations 1..M (default: the model's; 1 builds "
+        "ResNeXt's block)",
+    )
+    p.add_argument(
+        "--attention",
+        action=argparse.BooleanOptionalAction,
+        help="--no-attention sums the branches instead of selecting among them, the paper's "
+        "baseline without SK (default: the model's)",
+    )
     p.add_argument("--epochs", type=_positive, default=defaults.epochs, help="default: %(default)s")
     p.add_argument(
         "--batch-size", type=_positive, default=defaults.batch_size, help="default: %(default)s"

@@ -76,6 +76,8 @@ def train(args: argparse.Namespace) -> int:
     choices = (
         ("attention_init", args.attention_init),
         ("zero_init_residual", args.zero_init_residual),
+        ("branches", args.branches),
+        ("attention", args.attention),
     )
     model_config = dataclasses.replace(
         PRESETS[args.model], **{key: value for key, value in choices if value is not None}

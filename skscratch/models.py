@@ -31,6 +31,38 @@ from skscratch.nn import (
 )
 
 
+class BranchSum(Module):
+    """The SK unit's Split without its Fuse and Select: M grouped 3x3 convolutions (branch m
+    with dilation m + 1, as in skscratch.sk), each with BN and ReLU, added with equal weight.
+
+    With M >= 2 it is the paper's baseline without attention (the branches summed); with M = 1
+    it is ResNeXt's grouped convolution, conv -> BN -> ReLU, which is what an SK unit of one
+    branch computes (a softmax over one branch is 1) without the fc and select it cannot use.
+    Its parameters are named as the SK unit's (convs.m.weight, bns.m.*)."""
+
+    def __init__(self, channels: int, *, stride: int, branches: int, groups: int, rng):
+        super().__init__()
+        self.children["convs"] = Sequential(
+            *(
+                Conv2d(channels, channels, 3, stride=stride, padding=m + 1, dilation=m + 1,
+                       groups=groups, rng=rng)
+                for m in range(branches)
+            )
+        )  # fmt: skip
+        self.children["bns"] = Sequential(
+            *(BatchNorm(channels, relu=True) for _ in range(branches))
+        )
+
+    def forward(self, x):
+        convs, bns = self.children["convs"], self.children["bns"]
+        return sum(bns[m].forward(convs[m].forward(x)) for m in range(len(convs)))
+
+    def backward(self, dout):
+        # Every branch receives the whole gradient of the sum; their gradients of x add.
+        convs, bns = self.children["convs"], self.children["bns"]
+        return sum(convs[m].backward(bns[m].backward(dout)) for m in range(len(convs)))
+
+
 class SKBottleneck(Module):
     def __init__(
         self,
@@ -44,6 +76,7 @@ class SKBottleneck(Module):
         r: int = 16,
         L: int = 32,
         attention_init: str = "kaiming",
+        attention: bool = True,
         zero_init_residual: bool = True,
         rng: np.random.Generator,
     ):
@@ -51,16 +84,19 @@ class SKBottleneck(Module):
         ch = self.children
         ch["conv1"] = Conv2d(c_in, c_mid, 1, rng=rng)
         ch["bn1"] = BatchNorm(c_mid, relu=True)
-        ch["sk"] = SKUnit(
-            c_mid,
-            stride=stride,
-            branches=branches,
-            groups=groups,
-            r=r,
-            L=L,
-            attention_init=attention_init,
-            rng=rng,
-        )
+        if attention and branches > 1:
+            ch["sk"] = SKUnit(
+                c_mid,
+                stride=stride,
+                branches=branches,
+                groups=groups,
+                r=r,
+                L=L,
+                attention_init=attention_init,
+                rng=rng,
+            )
+        else:  # the ablations: branches summed, or one branch (ResNeXt's block)
+            ch["sk"] = BranchSum(c_mid, stride=stride, branches=branches, groups=groups, rng=rng)
         ch["conv3"] = Conv2d(c_mid, c_out, 1, rng=rng)
         ch["bn3"] = BatchNorm(c_out)
         if zero_init_residual:
@@ -120,6 +156,9 @@ class SKNetConfig:
     attention_init: str = "official"  # the SK units' fc and select weights (skscratch.nn.SKUnit)
     zero_init_residual: bool = False  # every block's last BN scale starts at 0 (SKBottleneck)
     stem_type: str = "cifar"  # or "imagenet" (the module's docstring)
+    # False: every block's SK unit is replaced by its branches summed (BranchSum), the paper's
+    # baseline without selection. branches=1 always builds ResNeXt's block (BranchSum of one).
+    attention: bool = True
 
     def __post_init__(self):
         if self.stem_type not in STEM_TYPES:
@@ -219,6 +258,7 @@ class SKResNeXt(Module):
                             r=config.r,
                             L=config.L,
                             attention_init=config.attention_init,
+                            attention=config.attention,
                             zero_init_residual=config.zero_init_residual,
                             rng=rng,
                         )

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from skscratch.im2col import conv_output_size
-from skscratch.models import SKBottleneck, SKResNeXt
+from skscratch.models import BranchSum, SKBottleneck, SKResNeXt
 from skscratch.nn import (
     BatchNorm,
     Conv2d,
@@ -104,6 +104,12 @@ def layers(
             for key in m.children:
                 shape = child(key, shape)
             return shape
+        if isinstance(m, BranchSum):  # each branch sees the input; the sum has one's shape
+            convs, bns = m.children["convs"], m.children["bns"]
+            for i in range(len(convs)):
+                out = walk(convs[i], f"{name}.convs.{i}", shape)
+                out = walk(bns[i], f"{name}.bns.{i}", out)
+            return out
         if isinstance(m, SKBottleneck):
             out = shape
             for key in ("conv1", "bn1", "sk", "conv3", "bn3"):
