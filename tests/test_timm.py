@@ -27,7 +27,8 @@ def timm_shapes() -> dict[str, tuple[int, ...]]:
     """Every name of timm's skresnext50_32x4d state dict and its shape."""
     shapes = {"conv1.weight": (64, 3, 7, 7)} | _bn("bn1", 64)
     inplanes = 64
-    for stage, (planes, blocks) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3)), start=1):
+    stages = zip((64, 128, 256, 512), (3, 4, 6, 3), strict=True)
+    for stage, (planes, blocks) in enumerate(stages, start=1):
         width = math.floor(planes * 4 / 64) * 32
         attn = max(32, int(width / 16 + 16) // 32 * 32)  # timm's make_divisible(width / 16, 32)
         out = planes * 4
