@@ -120,6 +120,7 @@ def main() -> None:
         save_checkpoint(out / "checkpoint.npz", meta, trained.state_dict(), {})
         print(f"the same weights on {world} processes; written to {out / 'checkpoint.npz'}")
         print(json.dumps(meta["continued"]))
+    dist.barrier()  # no process leaves the group while process 0 is still writing
     dist.destroy_process_group()
 
 
