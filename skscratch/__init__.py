@@ -29,6 +29,8 @@ _HOME = {
     "global_avg_pool_forward": "pooling",
     "linear_backward": "linear",
     "linear_forward": "linear",
+    "max_pool2d_backward": "pooling",
+    "max_pool2d_forward": "pooling",
     "relu_backward": "activations",
     "relu_forward": "activations",
     "sk_unit_backward": "sk",

@@ -49,6 +49,8 @@ class Backend:
     relu_backward: Callable
     global_avg_pool_forward: Callable
     global_avg_pool_backward: Callable
+    max_pool2d_forward: Callable
+    max_pool2d_backward: Callable
     linear_forward: Callable
     linear_backward: Callable
     sk_unit_forward: Callable
@@ -74,6 +76,8 @@ def _reference() -> Backend:
         activations.relu_backward,
         pooling.global_avg_pool_forward,
         pooling.global_avg_pool_backward,
+        pooling.max_pool2d_forward,
+        pooling.max_pool2d_backward,
         linear.linear_forward,
         linear.linear_backward,
         sk.sk_unit_forward,
@@ -98,6 +102,8 @@ def _fast() -> Backend:
         fast.relu_backward,
         pooling.global_avg_pool_forward,  # already one NumPy reduction or broadcast each
         pooling.global_avg_pool_backward,
+        pooling.max_pool2d_forward,  # once per network, in the ImageNet stem
+        pooling.max_pool2d_backward,
         linear.linear_forward,  # a matrix product either way
         linear.linear_backward,
         fast.sk_unit_forward,

@@ -28,6 +28,14 @@ def _factors(value: str) -> list[float]:
     return factors
 
 
+def _image_shape(value: str) -> tuple[int, int, int]:
+    """'3x224x224' -> (3, 224, 224)."""
+    parts = value.lower().split("x")
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected C x H x W such as 3x224x224, got {value!r}")
+    return tuple(int(p) for p in parts)
+
+
 def _positive(value: str) -> int:
     n = int(value)
     if n < 1:
@@ -105,6 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--zero-init-residual",
         action=argparse.BooleanOptionalAction,
         help="start every block's last batch-norm scale at 0 (default: the model's)",
+    )
+    p.add_argument(
+        "--branches",
+        type=_positive,
+        help="branches M of every SK unit, dilations 1..M (default: the model's; 1 builds "
+        "ResNeXt's block)",
+    )
+    p.add_argument(
+        "--attention",
+        action=argparse.BooleanOptionalAction,
+        help="--no-attention sums the branches instead of selecting among them, the paper's "
+        "baseline without SK (default: the model's)",
     )
     p.add_argument("--epochs", type=_positive, default=defaults.epochs, help="default: %(default)s")
     p.add_argument(
@@ -214,6 +234,27 @@ def build_parser() -> argparse.ArgumentParser:
         "run the plain-NumPy pairs (reference) or the compiled ones (fast) (default: %(default)s)",
     )
     p.set_defaults(run=commands.analyze)
+
+    p = subparsers.add_parser(
+        "summary",
+        help="a network's layers, output shapes, parameters and multiply-adds",
+        description="Print every layer of a network (a preset, or the network of a "
+        "checkpoint) with its output shape, parameters and multiply-adds per image, and the "
+        "totals, counted from shapes alone (no forward pass).",
+    )
+    p.add_argument("model", help=f"a preset ({', '.join(PRESETS)}) or a checkpoint.npz")
+    p.add_argument(
+        "--input",
+        type=_image_shape,
+        help="C x H x W of one image (default: 3x224x224 for the ImageNet stem, else 3x32x32)",
+    )
+    p.add_argument(
+        "--depth",
+        type=_positive,
+        help="one row per module at this depth of the name (3: one per block; default: every "
+        "layer)",
+    )
+    p.set_defaults(run=commands.summary)
 
     p = subparsers.add_parser(
         "bench",

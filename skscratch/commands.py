@@ -76,6 +76,8 @@ def train(args: argparse.Namespace) -> int:
     choices = (
         ("attention_init", args.attention_init),
         ("zero_init_residual", args.zero_init_residual),
+        ("branches", args.branches),
+        ("attention", args.attention),
     )
     model_config = dataclasses.replace(
         PRESETS[args.model], **{key: value for key, value in choices if value is not None}
@@ -130,6 +132,32 @@ def evaluate(args: argparse.Namespace) -> int:
     )
     for name, acc in zip(data.label_names, result["per_class_accuracy"], strict=True):
         print(f"  {name:<12} {acc:.4f}")
+    return 0
+
+
+def summary(args: argparse.Namespace) -> int:
+    """`skscratch summary`: a network's layers with shapes, parameters and multiply-adds."""
+    from skscratch import summary as counting
+    from skscratch.models import PRESETS, SKNetConfig, SKResNeXt
+
+    if args.model in PRESETS:
+        config = PRESETS[args.model]
+    elif args.model.endswith(".npz"):
+        from skscratch.checkpoint import load_checkpoint
+
+        config = SKNetConfig.from_dict(load_checkpoint(args.model)[0]["model_config"])
+    else:
+        raise UsageError(
+            f"{args.model!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint.npz"
+        )
+    shape = args.input or ((3, 224, 224) if config.stem_type == "imagenet" else (3, 32, 32))
+    model = SKResNeXt(config, backend="reference")
+    try:
+        rows = counting.layers(model, shape, depth=args.depth)
+    except ValueError as exc:
+        raise UsageError(f"an input of {'x'.join(map(str, shape))} is too small: {exc}") from exc
+    print(f"{args.model}, one image of {' x '.join(map(str, shape))}:")
+    print(counting.table(rows))
     return 0
 
 

@@ -101,6 +101,13 @@ def reference_cases(rng: np.random.Generator) -> list[Case]:
             {},
         ),
         Case(
+            "max pool 3x3 stride 2",
+            pooling.max_pool2d_forward,
+            pooling.max_pool2d_backward,
+            {"x": normal(n, 3, h + 2, w + 2)},
+            {"kernel_size": 3, "stride": 2, "padding": 1},
+        ),
+        Case(
             "linear",
             linear.linear_forward,
             linear.linear_backward,

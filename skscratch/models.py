@@ -1,4 +1,4 @@
-"""The SK bottleneck block and a small SK-ResNeXt for CIFAR (32 x 32 x 3 -> 10 classes).
+"""The SK bottleneck block, and SK-ResNeXts: small ones for CIFAR, and the paper's SKNet-26/50/101.
 
 Block (SKNet's, with the SK unit in place of ResNeXt's grouped 3x3 convolution):
 
@@ -6,8 +6,9 @@ Block (SKNet's, with the SK unit in place of ResNeXt's grouped 3x3 convolution):
        (conv1)     (bn1, with its ReLU)      (sk)       (conv3)   (bn3)        (relu)
     x -> identity, or 1x1 conv (stride) -> BN when the shape changes ---^
 
-Network: 3x3 stem conv -> BN -> ReLU, three stages of blocks (the first block of stages 2 and 3
-has stride 2), global average pool, a fully connected classifier.
+Network: a stem, stages of blocks (the first block of a stage may have stride 2), global
+average pool, a fully connected classifier. The stem is CIFAR's (3x3 conv -> BN -> ReLU, at full
+resolution) or ImageNet's (7x7 conv stride 2 -> BN -> ReLU -> 3x3 max pool stride 2: 224 -> 56).
 """
 
 from __future__ import annotations
@@ -22,11 +23,44 @@ from skscratch.nn import (
     Conv2d,
     GlobalAvgPool,
     Linear,
+    MaxPool2d,
     Module,
     ReLU,
     Sequential,
     SKUnit,
 )
+
+
+class BranchSum(Module):
+    """The SK unit's Split without its Fuse and Select: M grouped 3x3 convolutions (branch m
+    with dilation m + 1, as in skscratch.sk), each with BN and ReLU, added with equal weight.
+
+    With M >= 2 it is the paper's baseline without attention (the branches summed); with M = 1
+    it is ResNeXt's grouped convolution, conv -> BN -> ReLU, which is what an SK unit of one
+    branch computes (a softmax over one branch is 1) without the fc and select it cannot use.
+    Its parameters are named as the SK unit's (convs.m.weight, bns.m.*)."""
+
+    def __init__(self, channels: int, *, stride: int, branches: int, groups: int, rng):
+        super().__init__()
+        self.children["convs"] = Sequential(
+            *(
+                Conv2d(channels, channels, 3, stride=stride, padding=m + 1, dilation=m + 1,
+                       groups=groups, rng=rng)
+                for m in range(branches)
+            )
+        )  # fmt: skip
+        self.children["bns"] = Sequential(
+            *(BatchNorm(channels, relu=True) for _ in range(branches))
+        )
+
+    def forward(self, x):
+        convs, bns = self.children["convs"], self.children["bns"]
+        return sum(bns[m].forward(convs[m].forward(x)) for m in range(len(convs)))
+
+    def backward(self, dout):
+        # Every branch receives the whole gradient of the sum; their gradients of x add.
+        convs, bns = self.children["convs"], self.children["bns"]
+        return sum(convs[m].backward(bns[m].backward(dout)) for m in range(len(convs)))
 
 
 class SKBottleneck(Module):
@@ -42,6 +76,7 @@ class SKBottleneck(Module):
         r: int = 16,
         L: int = 32,
         attention_init: str = "kaiming",
+        attention: bool = True,
         zero_init_residual: bool = True,
         rng: np.random.Generator,
     ):
@@ -49,16 +84,19 @@ class SKBottleneck(Module):
         ch = self.children
         ch["conv1"] = Conv2d(c_in, c_mid, 1, rng=rng)
         ch["bn1"] = BatchNorm(c_mid, relu=True)
-        ch["sk"] = SKUnit(
-            c_mid,
-            stride=stride,
-            branches=branches,
-            groups=groups,
-            r=r,
-            L=L,
-            attention_init=attention_init,
-            rng=rng,
-        )
+        if attention and branches > 1:
+            ch["sk"] = SKUnit(
+                c_mid,
+                stride=stride,
+                branches=branches,
+                groups=groups,
+                r=r,
+                L=L,
+                attention_init=attention_init,
+                rng=rng,
+            )
+        else:  # the ablations: branches summed, or one branch (ResNeXt's block)
+            ch["sk"] = BranchSum(c_mid, stride=stride, branches=branches, groups=groups, rng=rng)
         ch["conv3"] = Conv2d(c_mid, c_out, 1, rng=rng)
         ch["bn3"] = BatchNorm(c_out)
         if zero_init_residual:
@@ -90,6 +128,9 @@ class SKBottleneck(Module):
         return dx + d
 
 
+STEM_TYPES = ("cifar", "imagenet")
+
+
 @dataclass(frozen=True)
 class SKNetConfig:
     """The shape of an SK-ResNeXt. Stage i has depths[i] blocks of SK width mids[i] and output
@@ -114,6 +155,14 @@ class SKNetConfig:
     strides: tuple[int, ...] = field(default=(2, 2, 2))
     attention_init: str = "official"  # the SK units' fc and select weights (skscratch.nn.SKUnit)
     zero_init_residual: bool = False  # every block's last BN scale starts at 0 (SKBottleneck)
+    stem_type: str = "cifar"  # or "imagenet" (the module's docstring)
+    # False: every block's SK unit is replaced by its branches summed (BranchSum), the paper's
+    # baseline without selection. branches=1 always builds ResNeXt's block (BranchSum of one).
+    attention: bool = True
+
+    def __post_init__(self):
+        if self.stem_type not in STEM_TYPES:
+            raise ValueError(f"stem_type must be one of {STEM_TYPES}, got {self.stem_type!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -135,6 +184,23 @@ BENCH_535K = SKNetConfig(
     stem=64, mids=(64, 128, 256), outs=(128, 256, 512), groups=32, **_FIRST_STAGE_AT_32
 )
 
+
+def _sknet(depths: tuple[int, ...]) -> SKNetConfig:
+    """The paper's SKNet (Table 1; the official model definitions): four stages of SK widths
+    128..1024 and outputs 256..2048, SK[M=2, G=32, r=16] with L=32, the ImageNet stem, 1000
+    classes."""
+    return SKNetConfig(
+        stem=64,
+        depths=depths,
+        mids=(128, 256, 512, 1024),
+        outs=(256, 512, 1024, 2048),
+        groups=32,
+        num_classes=1000,
+        strides=(1, 2, 2, 2),
+        stem_type="imagenet",
+    )
+
+
 # Named configurations for the command line (`--model`).
 PRESETS = {
     "default": SKNetConfig(),
@@ -146,6 +212,10 @@ PRESETS = {
     "tiny": SKNetConfig(
         stem=8, mids=(8, 16, 16), outs=(16, 32, 32), groups=4, L=8, **_FIRST_STAGE_AT_32
     ),
+    # The paper's ImageNet networks, for their counts and their SK units (`skscratch summary`).
+    "sknet26": _sknet((2, 2, 2, 2)),
+    "sknet50": _sknet((3, 4, 6, 3)),
+    "sknet101": _sknet((3, 4, 23, 3)),
 }
 
 
@@ -163,9 +233,14 @@ class SKResNeXt(Module):
                 raise ValueError("depths, mids, outs and strides must have one entry per stage")
             self.config = config
             rng = np.random.default_rng(seed)
-            self.children["stem"] = Sequential(
-                Conv2d(3, config.stem, 3, padding=1, rng=rng), BatchNorm(config.stem, relu=True)
-            )
+            if config.stem_type == "cifar":
+                stem = [Conv2d(3, config.stem, 3, padding=1, rng=rng)]
+            else:
+                stem = [Conv2d(3, config.stem, 7, stride=2, padding=3, rng=rng)]
+            stem.append(BatchNorm(config.stem, relu=True))
+            if config.stem_type == "imagenet":
+                stem.append(MaxPool2d(3, stride=2, padding=1))
+            self.children["stem"] = Sequential(*stem)
             stages, c_in = [], config.stem
             for depth, mid, out, stride in zip(
                 config.depths, config.mids, config.outs, config.strides, strict=True
@@ -183,6 +258,7 @@ class SKResNeXt(Module):
                             r=config.r,
                             L=config.L,
                             attention_init=config.attention_init,
+                            attention=config.attention,
                             zero_init_residual=config.zero_init_residual,
                             rng=rng,
                         )
@@ -206,7 +282,9 @@ class SKResNeXt(Module):
         for name in reversed(self._order[1:]):  # all but the stem
             dout = self.children[name].backward(dout)
         stem = self.children["stem"]
-        return stem[0].backward(stem[1].backward(dout), input_grad=input_grad)
+        for i in reversed(range(1, len(stem))):  # BN (+ max pool), back to the convolution
+            dout = stem[i].backward(dout)
+        return stem[0].backward(dout, input_grad=input_grad)
 
     def sk_units(self) -> list[tuple[str, SKUnit]]:
         """(name, unit) of every SK unit, in order of depth."""

@@ -266,6 +266,19 @@ class GlobalAvgPool(Module):
         return self.ops.global_avg_pool_backward(dout, self._saved_cache())
 
 
+class MaxPool2d(Module):
+    def __init__(self, kernel_size: int = 3, *, stride: int = 2, padding: int = 1):
+        super().__init__()
+        self.options = dict(kernel_size=kernel_size, stride=stride, padding=padding)
+
+    def forward(self, x):
+        out, self._cache = self.ops.max_pool2d_forward(x, **self.options)
+        return out
+
+    def backward(self, dout):
+        return self.ops.max_pool2d_backward(dout, self._saved_cache())
+
+
 class Linear(Module):
     def __init__(self, d_in: int, d_out: int, *, bias: bool = True, rng: np.random.Generator):
         super().__init__()

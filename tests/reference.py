@@ -203,3 +203,22 @@ def relu(x):
     for idx in np.ndindex(x.shape):
         out[idx] = float(x[idx]) if x[idx] > 0 else 0.0
     return out
+
+
+def max_pool2d(x, k, stride, padding):
+    """out[n, c, i, j] = the largest x[n, c, y, z] of window (i, j), padding excluded, and the
+    (y, z) it was found at first, row by row."""
+    n_img, n_ch, h, w = x.shape
+    h_out = (h + 2 * padding - k) // stride + 1
+    w_out = (w + 2 * padding - k) // stride + 1
+    out = np.zeros((n_img, n_ch, h_out, w_out))
+    at = np.zeros((n_img, n_ch, h_out, w_out, 2), dtype=int)
+    for n, c, i, j in np.ndindex(out.shape):
+        best = None
+        for ky in range(k):
+            for kx in range(k):
+                y, z = i * stride + ky - padding, j * stride + kx - padding
+                if 0 <= y < h and 0 <= z < w and (best is None or x[n, c, y, z] > best):
+                    best, at[n, c, i, j] = float(x[n, c, y, z]), (y, z)
+        out[n, c, i, j] = best
+    return out, at

@@ -74,8 +74,10 @@ def test_a_fresh_student_copy_names_every_exercise_as_not_written(tmp_path):
     rows = _reference_rows(_copy_without(tmp_path, set()))
     not_written = {exercise for _, _, err, exercise in rows if err is None}
     assert not_written == ALL
-    # Nothing passes: every reference operation rests on some unwritten exercise.
-    assert all(err is None for _, _, err, _ in rows)
+    # Nothing passes but max pooling (the ImageNet stem's, not an exercise): every other
+    # reference operation rests on some unwritten exercise.
+    passing = {op for op, _, err, _ in rows if err is not None}
+    assert passing == {"max pool 3x3 stride 2"}
 
 
 @pytest.mark.parametrize(

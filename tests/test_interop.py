@@ -7,6 +7,8 @@ either backend, for the presets the benchmarks use.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -21,11 +23,22 @@ from skscratch.interop.torch import (  # noqa: E402
     to_torch,
 )
 from skscratch.losses import softmax_cross_entropy  # noqa: E402
-from skscratch.models import PRESETS, SKResNeXt  # noqa: E402
+from skscratch.models import PRESETS, SKNetConfig, SKResNeXt  # noqa: E402
+
+# The paper networks' ImageNet stem (7x7 stride-2 convolution, max pool) on a small network.
+# and the ablations: the branches summed without attention, one branch (ResNeXt's block).
+CONFIGS = PRESETS | {
+    "tiny, ImageNet stem": SKNetConfig(
+        stem=8, mids=(8, 16), outs=(16, 32), depths=(1, 1), groups=4, L=8, strides=(1, 2),
+        stem_type="imagenet",
+    ),
+    "tiny, summed branches": dataclasses.replace(PRESETS["tiny"], attention=False),
+    "tiny, one branch": dataclasses.replace(PRESETS["tiny"], branches=1),
+}  # fmt: skip
 
 
 def _model(preset: str, seed: int = 0, backend: str | None = None) -> SKResNeXt:
-    model = SKResNeXt(PRESETS[preset], seed=seed, backend=backend).astype(np.float64)
+    model = SKResNeXt(CONFIGS[preset], seed=seed, backend=backend).astype(np.float64)
     # Every block starts as its shortcut (bn3's scale is 0); give the residual paths weight.
     rng = np.random.default_rng(seed)
     for name, p in model.named_parameters():
@@ -42,7 +55,11 @@ def assert_close(ours, theirs, rtol, name=""):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("preset", ["tiny", "default", "bench535k"])
+@pytest.mark.parametrize(
+    "preset",
+    ["tiny", "default", "bench535k", "tiny, ImageNet stem", "tiny, summed branches",
+     "tiny, one branch"],
+)  # fmt: skip
 def test_twin_computes_the_same_outputs_gradients_and_statistics(preset, backend):
     model = _model(preset, backend=backend)
     net = to_torch(model)

@@ -472,6 +472,7 @@ def test_each_backend_holds_its_own_pairs():
         "batchnorm_relu": layers,
         "relu": activations,
         "global_avg_pool": pooling,
+        "max_pool2d": pooling,
         "linear": linear,
         "sk_unit": sk,
     }
@@ -479,7 +480,7 @@ def test_each_backend_holds_its_own_pairs():
         for direction in ("forward", "backward"):
             name = f"{op}_{direction}"
             assert getattr(ref, name) is getattr(home, name), name
-            if op in ("global_avg_pool", "linear"):
+            if op in ("global_avg_pool", "max_pool2d", "linear"):
                 assert getattr(fst, name) is getattr(home, name), name
             else:
                 assert getattr(fst, name) is getattr(fast, name), name
@@ -760,7 +761,8 @@ def test_astype_converts_parameters_and_buffers_and_drops_gradients():
 
 def _count_parameters(config: SKNetConfig) -> int:
     """Trainable parameters (no running statistics), from the block formula."""
-    total = 3 * config.stem * 9 + 2 * config.stem
+    stem_kernel = 3 if config.stem_type == "cifar" else 7
+    total = 3 * config.stem * stem_kernel**2 + 2 * config.stem
     c_in = config.stem
     for depth, mid, out, stride in zip(
         config.depths, config.mids, config.outs, config.strides, strict=True

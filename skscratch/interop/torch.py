@@ -78,19 +78,40 @@ class TorchSKUnit(nn.Module):
         return (a[:, :, :, None, None] * u).sum(dim=1)
 
 
+class TorchBranchSum(nn.Module):
+    """skscratch.models.BranchSum: M grouped 3x3 convs (dilation m + 1), BN, ReLU, summed."""
+
+    def __init__(self, channels: int, *, stride: int, branches: int, groups: int):
+        super().__init__()
+        self.convs = nn.ModuleList(
+            nn.Conv2d(channels, channels, 3, stride=stride, padding=m + 1, dilation=m + 1,
+                      groups=groups, bias=False)
+            for m in range(branches)
+        )  # fmt: skip
+        self.bns = nn.ModuleList(nn.BatchNorm2d(channels) for _ in range(branches))
+
+    def forward(self, x):
+        return sum(torch.relu(bn(conv(x))) for conv, bn in zip(self.convs, self.bns, strict=True))
+
+
 class TorchSKBottleneck(nn.Module):
     def __init__(self, c_in: int, c_mid: int, c_out: int, *, stride: int, config: SKNetConfig):
         super().__init__()
         self.conv1 = nn.Conv2d(c_in, c_mid, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(c_mid)
-        self.sk = TorchSKUnit(
-            c_mid,
-            stride=stride,
-            branches=config.branches,
-            groups=config.groups,
-            r=config.r,
-            L=config.L,
-        )
+        if config.attention and config.branches > 1:
+            self.sk = TorchSKUnit(
+                c_mid,
+                stride=stride,
+                branches=config.branches,
+                groups=config.groups,
+                r=config.r,
+                L=config.L,
+            )
+        else:
+            self.sk = TorchBranchSum(
+                c_mid, stride=stride, branches=config.branches, groups=config.groups
+            )
         self.conv3 = nn.Conv2d(c_mid, c_out, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(c_out)
         self.shortcut = None
@@ -110,11 +131,14 @@ class TorchSKResNeXt(nn.Module):
     def __init__(self, config: SKNetConfig = SKNetConfig()):
         super().__init__()
         self.config = config
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, config.stem, 3, padding=1, bias=False),
-            nn.BatchNorm2d(config.stem),
-            nn.ReLU(),
-        )
+        if config.stem_type == "cifar":
+            conv = nn.Conv2d(3, config.stem, 3, padding=1, bias=False)
+        else:
+            conv = nn.Conv2d(3, config.stem, 7, stride=2, padding=3, bias=False)
+        stem = [conv, nn.BatchNorm2d(config.stem), nn.ReLU()]
+        if config.stem_type == "imagenet":
+            stem.append(nn.MaxPool2d(3, stride=2, padding=1))
+        self.stem = nn.Sequential(*stem)
         stages, c_in = [], config.stem
         for depth, mid, out, stride in zip(
             config.depths, config.mids, config.outs, config.strides, strict=True

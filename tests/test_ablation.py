@@ -1,0 +1,102 @@
+"""The paper's ablations as network switches: the branches summed without attention, one branch
+as ResNeXt's block, and M = 3."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from skscratch.losses import softmax_cross_entropy
+from skscratch.models import PRESETS, BranchSum, SKResNeXt, count_macs
+from skscratch.nn import SKUnit
+from skscratch.summary import layers
+
+TINY = PRESETS["tiny"]
+
+
+def _units(model):
+    return [m for _, m in model.named_modules() if isinstance(m, (SKUnit, BranchSum))]
+
+
+@pytest.mark.parametrize(
+    "changes, kind, branches",
+    [
+        ({}, SKUnit, 2),
+        ({"branches": 3}, SKUnit, 3),
+        ({"attention": False}, BranchSum, 2),
+        ({"branches": 1}, BranchSum, 1),
+        ({"branches": 1, "attention": False}, BranchSum, 1),
+    ],
+)
+def test_each_switch_builds_its_unit(changes, kind, branches):
+    model = SKResNeXt(dataclasses.replace(TINY, **changes), backend="reference")
+    units = _units(model)
+    assert len(units) == 3 and all(type(u) is kind for u in units)
+    names = {name for name, _ in model.named_parameters()}
+    assert f"stages.0.0.sk.convs.{branches - 1}.weight" in names
+    assert f"stages.0.0.sk.convs.{branches}.weight" not in names
+    # Only the SK unit has the fuse and select layers.
+    assert ("stages.0.0.sk.fc.weight" in names) == (kind is SKUnit)
+
+
+def test_one_branch_of_sknet50_is_resnext50():
+    """ResNeXt-50 (32x4d) has 25,028,904 parameters (torchvision's resnext50_32x4d) and about
+    4.24 GFLOPs (the paper's Table 2)."""
+    model = SKResNeXt(dataclasses.replace(PRESETS["sknet50"], branches=1), backend="reference")
+    assert model.num_parameters() == 25_028_904
+    assert 4.2e9 < sum(r.macs for r in layers(model, (3, 224, 224))) < 4.3e9
+
+
+def test_without_attention_only_the_fuse_and_select_weights_go():
+    sk = SKResNeXt(PRESETS["sknet50"], backend="reference")
+    summed = SKResNeXt(
+        dataclasses.replace(PRESETS["sknet50"], attention=False), backend="reference"
+    )
+    attention = sum(
+        p.data.size
+        for name, p in sk.named_parameters()
+        if ".sk.fc" in name or ".sk.select" in name  # fc.weight, fc_bn.*, select.weight
+    )
+    assert summed.num_parameters() == sk.num_parameters() - attention
+
+
+@pytest.mark.parametrize("changes", [{"attention": False}, {"branches": 1}, {"branches": 3}])
+def test_the_counter_agrees_with_a_forward_pass(changes):
+    model = SKResNeXt(dataclasses.replace(TINY, **changes), backend="reference")
+    rows = layers(model, (3, 32, 32))
+    assert sum(r.params for r in rows) == model.num_parameters()
+    assert sum(r.macs for r in rows) == count_macs(model)
+
+
+@pytest.mark.parametrize("backend", ["reference", "fast"])
+@pytest.mark.parametrize("changes", [{"attention": False}, {"branches": 1}])
+def test_the_summed_branches_backward_matches_finite_differences(changes, backend):
+    model = SKResNeXt(dataclasses.replace(TINY, **changes), backend=backend).astype(np.float64)
+    unit = _units(model)[1]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, unit.children["convs"][0].params["weight"].data.shape[0], 5, 5))
+    dout = rng.standard_normal(unit.forward(x).shape)
+    dx = unit.backward(dout)
+
+    def f(x_):
+        return (unit.forward(x_) * dout).sum()
+
+    h, numeric = 1e-6, np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        plus, minus = x.copy(), x.copy()
+        plus[idx] += h
+        minus[idx] -= h
+        numeric[idx] = (f(plus) - f(minus)) / (2 * h)
+    np.testing.assert_allclose(dx, numeric, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("changes", [{"attention": False}, {"branches": 1}, {"branches": 3}])
+def test_each_ablation_trains_a_step(changes):
+    model = SKResNeXt(dataclasses.replace(TINY, **changes))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3, 32, 32)).astype(np.float32)
+    _, dlogits = softmax_cross_entropy(model.forward(x), rng.integers(0, 10, 4))
+    model.backward(dlogits)
+    assert all(p.grad is not None and np.isfinite(p.grad).all() for p in model.parameters())
