@@ -147,6 +147,7 @@ print(f"Jacobian {J.shape}, {np.count_nonzero(J)} of {J.size} entries non-zero")
 # entry of the gradient independently of our derivation (tutorial 7 looks at this closely).
 # `numerical_gradient(f, v, dout)` does that for $L = \sum f(v) \odot \text{dout}$.
 
+
 # %%
 def net(x, W, b):
     return np.maximum(x @ W.T + b, 0)
@@ -205,6 +206,7 @@ print("two uses of h: the gradients of both add up; with one alone the check fai
 # 1. A sigmoid node $s = 1 / (1 + e^{-z})$ in place of the ReLU: its vector-Jacobian product is
 #    $\partial L/\partial z = \partial L/\partial h \odot s (1 - s)$. Write `sigmoid_backward` and
 #    make the check below pass.
+
 
 # %%
 def sigmoid_backward(dh, s):
