@@ -62,8 +62,9 @@ fig, ax = plt.subplots(figsize=(8, 2.6))
 boxes = {"x": (0.05, 0.7), "W, b": (0.05, 0.25), "linear": (0.3, 0.5), "ReLU": (0.55, 0.5),
          "sum(g * h)": (0.8, 0.5)}  # fmt: skip
 for name, (bx, by) in boxes.items():
+    fill = "white" if name in ("x", "W, b") else "#dde8f5"  # inputs white, operations blue
     ax.text(bx, by, name, ha="center", va="center", fontsize=11,
-            bbox=dict(boxstyle="round", fc="white" if name in ("x", "W, b") else "#dde8f5"))  # fmt: skip
+            bbox=dict(boxstyle="round", fc=fill))  # fmt: skip
 for start, end, label in [("x", "linear", "x"), ("W, b", "linear", "W, b"),
                           ("linear", "ReLU", "z"), ("ReLU", "sum(g * h)", "h")]:  # fmt: skip
     (x0, y0), (x1, y1) = boxes[start], boxes[end]
@@ -171,7 +172,8 @@ for name, analytic, numeric in [
 # path from the value to the loss:
 #
 # $$ L = f(u) + g(u) \quad\Rightarrow\quad
-#    \frac{\partial L}{\partial u} = \frac{\partial f}{\partial u} + \frac{\partial g}{\partial u}. $$
+#    \frac{\partial L}{\partial u} = \frac{\partial f}{\partial u}
+#    + \frac{\partial g}{\partial u}. $$
 #
 # In code: the backward pass *accumulates* (`+=`) into a value's gradient once per use. Here $h$
 # feeds two heads, $L_2 = \sum g \odot h + \sum g_2 \odot h^2$:

@@ -144,7 +144,7 @@ points = centres[cls] + rng.standard_normal((300, 2))
 W = 0.01 * rng.standard_normal((3, 2))
 b = np.zeros(3)
 losses = []
-for step in range(200):
+for _ in range(200):
     logits, cache = linear_forward(points, W, b)
     loss, dlogits = softmax_cross_entropy(logits, cls)
     _, dW, db = linear_backward(dlogits, cache)
