@@ -19,8 +19,8 @@ import numpy as np
 
 from skscratch.linear import linear_backward, linear_forward
 from skscratch.losses import softmax_cross_entropy
-from skscratch.optim import SGD, learning_rate
 from skscratch.nn import Linear, Module
+from skscratch.optim import SGD, learning_rate
 from skscratch.plots import pyplot, show
 
 rng = np.random.default_rng(0)
