@@ -30,8 +30,9 @@ plt = pyplot()
 # ## A narrow valley
 #
 # The loss $f(w) = \tfrac12 (a w_1^2 + c w_2^2)$ with $a = 1$, $c = 100$ is a narrow valley: its
-# curvature across is 100 times that along it. Its gradient is $(a w_1, c w_2)$. Plain gradient descent,
-# $w \leftarrow w - \eta \nabla f$, must keep $\eta < 2/c$ or it diverges across the valley,
+# curvature across is 100 times that along it. Its gradient is $(a w_1, c w_2)$. Plain gradient
+# descent, $w \leftarrow w - \eta \nabla f$, must keep $\eta < 2/c$ or it diverges across the
+# valley,
 # and then crawls along it: after $t$ steps the along-valley coordinate is $(1 - \eta a)^t w_1$.
 #
 # Momentum keeps a velocity, $v \leftarrow \mu v + \nabla f$, $w \leftarrow w - \eta v$: steps
