@@ -205,6 +205,105 @@ for name, errs in errors.items():
     assert 1 / 3 < h_best / hs[errs.argmin()] < 3
 
 # %% [markdown]
+# ## Complex-step differentiation: no step-size trade-off
+#
+# The rounding error above comes from the subtraction $f(x + h) - f(x - h)$ of two nearly equal
+# numbers. For a function that is *analytic* (given by a power series, as exp, sin, products and
+# quotients are), a step along the imaginary axis avoids it. Taylor's expansion,
+#
+# $$ f(x + ih) = f(x) + ih f'(x) - \tfrac{h^2}{2} f''(x) - \tfrac{ih^3}{6} f'''(x) + \dots, $$
+#
+# gives $f'(x) = \operatorname{Im} f(x + ih) / h + O(h^2)$ with no subtraction at all (Squire and
+# Trapp 1998). The truncation error still falls as $h^2$, and nothing grows as $h$ shrinks: with
+# $h = 10^{-20}$ the derivative is exact to the last bits of float64.
+
+
+# %%
+def f_scalar(x):
+    return np.exp(x) * np.sin(x) / np.sqrt(x)
+
+
+def df_scalar(x):
+    return f_scalar(x) * (1 + np.cos(x) / np.sin(x) - 1 / (2 * x))
+
+
+x0 = 1.5
+steps = 10.0 ** -np.arange(1, 21)
+centred_err = [abs((f_scalar(x0 + h) - f_scalar(x0 - h)) / (2 * h) - df_scalar(x0)) for h in steps]
+complex_err = [abs(f_scalar(x0 + 1j * h).imag / h - df_scalar(x0)) for h in steps]
+fig, ax = plt.subplots(figsize=(6, 3.4))
+ax.loglog(steps, np.maximum(centred_err, 1e-17), "o-", label="centred difference")
+ax.loglog(steps, np.maximum(complex_err, 1e-17), "s-", label="complex step")
+ax.invert_xaxis()
+ax.set(xlabel="step h", ylabel="absolute error", title="d/dx [exp(x) sin(x) / sqrt(x)] at 1.5")
+ax.legend()
+fig.tight_layout()
+show(fig, "05_complex_step")
+print(f"smallest centred error {min(centred_err):.1e}, complex step at h = 1e-20: "
+      f"{complex_err[-1]:.1e}")  # fmt: skip
+assert complex_err[-1] < 1e-14 < min(centred_err)
+
+# %% [markdown]
+# It works on a whole operation whose code is written with analytic functions only, if the code
+# runs on complex arrays. The softmax across branches, written out (the maximum taken over the
+# real part, which only shifts every logit of a column by the same amount), against
+# `branch_softmax_backward`:
+
+
+# %%
+def softmax_complex(z):
+    e = np.exp(z - z.real.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+z = rng.normal(size=(2, 3, 4))
+da = rng.normal(size=z.shape)
+complex_grad = np.empty_like(z)
+for i in range(z.size):
+    zc = z.astype(complex)
+    zc.flat[i] += 1e-20j
+    complex_grad.flat[i] = np.sum(softmax_complex(zc).imag * da) / 1e-20
+_, sm_cache = branch_softmax_forward(z)
+err_complex = rel_error(branch_softmax_backward(da, sm_cache), complex_grad)
+print(f"branch softmax: relative error against the complex step {err_complex:.1e}")
+assert err_complex < 1e-14
+
+# %% [markdown]
+# Where it breaks: anything that is not analytic. `abs`, `max`, `np.maximum` and every
+# comparison look at the real part or at the modulus, and the complex conjugate (hidden inside
+# `np.abs`, and inside `np.var` of a complex array, which computes $|x - \mu|^2$) has no complex
+# derivative at all. ReLU's kink is the same obstacle as for finite differences, and worse:
+# `np.maximum` has no meaning on complex numbers. Batch norm's variance is a quiet example:
+# `np.var` of a complex array conjugates, and the complex step then reports a wrong gradient
+# without any warning.
+
+
+# %%
+def variance_conjugated(x):
+    return np.var(x)  # mean(|x - mean|^2): conjugates
+
+
+def variance_analytic(x):
+    return np.mean((x - x.mean()) ** 2)
+
+
+v = rng.normal(size=6)
+true_grad = 2 * (v - v.mean()) / v.size
+for name, var in [("np.var", variance_conjugated), ("(x - mean)^2", variance_analytic)]:
+    grad_cs = np.array([var(v + 1e-20j * np.eye(6)[i]).imag / 1e-20 for i in range(6)])
+    print(f"{name}: complex-step gradient {np.round(grad_cs, 3)}")
+    if name == "np.var":
+        assert np.allclose(grad_cs, 0)  # the conjugate cancels the imaginary part: all zero
+    else:
+        np.testing.assert_allclose(grad_cs, true_grad, rtol=1e-12)
+
+# %% [markdown]
+# So complex steps suit code written for them. skscratch's pairs check their dtypes and refuse
+# complex arrays, and its forward passes use `max` and comparisons (ReLU, the softmax's shift),
+# which is why its own checks use centred differences in float64 with h = 1e-6: accurate to
+# about 1e-8 relative, and applicable to every pair as it is.
+
+# %% [markdown]
 # ## Measuring the error
 #
 # `rel_error` divides the largest difference by the largest entry of either gradient:
