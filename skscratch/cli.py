@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=commands.gradcheck)
 
     from skscratch.models import PRESETS
-    from skscratch.train import SCHEDULES, TrainConfig
+    from skscratch.nn import ATTENTION_INITS
+    from skscratch.recipe import SCHEDULES, TrainConfig
 
     defaults = TrainConfig()
 
@@ -93,6 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(PRESETS),
         default="default",
         help="network configuration (default: %(default)s)",
+    )
+    p.add_argument(
+        "--attention-init",
+        choices=ATTENTION_INITS,
+        help="how the SK units' fc and select weights start: kaiming (normal, std "
+        "sqrt(2/fan_in)) or official (normal, std 0.01) (default: the model's)",
+    )
+    p.add_argument(
+        "--zero-init-residual",
+        action=argparse.BooleanOptionalAction,
+        help="start every block's last batch-norm scale at 0 (default: the model's)",
     )
     p.add_argument("--epochs", type=_positive, default=defaults.epochs, help="default: %(default)s")
     p.add_argument(
@@ -129,7 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--test-flips",
         action=argparse.BooleanOptionalAction,
         default=defaults.test_flips,
-        help="evaluate on the mean logits of each test image and its mirror image "
+        help="after the last epoch, evaluate also on the mean logits of each test image and "
+        "its mirror image (default: %(default)s)",
+    )
+    p.add_argument(
+        "--cutout",
+        type=int,
+        default=defaults.cutout,
+        help="zero a random square of this side in each training image, 0 for none "
         "(default: %(default)s)",
     )
     p.add_argument("--subset", type=_positive, help="train on the first N training images")
@@ -268,8 +287,8 @@ def _user_errors() -> tuple[type[Exception], ...]:
     keeps its traceback, even a ValueError (which NumPy raises too)."""
     from skscratch.checkpoint import CheckpointError
     from skscratch.data import DataError
+    from skscratch.recipe import ConfigError
     from skscratch.runs import TrainingError
-    from skscratch.train import ConfigError
 
     errors = (commands.UsageError, DataError, CheckpointError, TrainingError, ConfigError)
     try:

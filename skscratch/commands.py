@@ -70,9 +70,16 @@ def train(args: argparse.Namespace) -> int:
         augment=not args.no_augment,
         label_smoothing=args.label_smoothing,
         test_flips=args.test_flips,
+        cutout=args.cutout,
     )
     data = load_cifar10(args.data)
-    model_config = PRESETS[args.model]
+    choices = (
+        ("attention_init", args.attention_init),
+        ("zero_init_residual", args.zero_init_residual),
+    )
+    model_config = dataclasses.replace(
+        PRESETS[args.model], **{key: value for key, value in choices if value is not None}
+    )
     if args.resume:
         print(f"resuming the run in {args.out} on the {args.backend} backend")
     else:
@@ -97,10 +104,12 @@ def train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"stopped; continue with: skscratch train --out {args.out} --resume")
         return 130
-    best = max(h["test_accuracy"] for h in history)
+    last, best = history[-1], max(h["test_accuracy"] for h in history)
+    flips = last.get("test_accuracy_flips")
     print(
-        f"done: final test accuracy {history[-1]['test_accuracy']:.4f} (best {best:.4f}); "
-        f"results in {args.out}"
+        f"done: final test accuracy {last['test_accuracy']:.4f} (best {best:.4f})"
+        + ("" if flips is None else f", {flips:.4f} with test-time flips")
+        + f"; results in {args.out}"
     )
     return 0
 
@@ -108,15 +117,11 @@ def train(args: argparse.Namespace) -> int:
 def evaluate(args: argparse.Namespace) -> int:
     """`skscratch evaluate`: a checkpoint's test accuracy, overall and per class."""
     from skscratch import evaluation
-    from skscratch.checkpoint import load_checkpoint
     from skscratch.data import load_cifar10
-    from skscratch.runs import load_model
+    from skscratch.runs import load_run
 
-    model, mean, std = load_model(args.checkpoint, backend=args.backend)
-    flips = args.flips
-    if flips is None:  # as the run evaluated itself
-        meta = load_checkpoint(Path(args.checkpoint))[0]
-        flips = bool(meta.get("train_config", {}).get("test_flips"))
+    model, mean, std, config = load_run(args.checkpoint, backend=args.backend)
+    flips = config.test_flips if args.flips is None else args.flips  # default: as the run did
     data = load_cifar10(args.data)
     result = evaluation.evaluate(model, data.x_test, data.y_test, mean, std, flips=flips)
     print(

@@ -323,12 +323,16 @@ def normalize(
     return out
 
 
-def augment(x: npt.NDArray[Any], rng: np.random.Generator, *, pad: int = 4) -> npt.NDArray[Any]:
-    """Random crop with zero padding, then random horizontal flip, independently per image.
+def augment(
+    x: npt.NDArray[Any], rng: np.random.Generator, *, pad: int = 4, cutout: int = 0
+) -> npt.NDArray[Any]:
+    """Random crop with zero padding, then random horizontal flip, then cutout, per image.
 
     x: (N, C, H, W), any dtype. Each image is zero-padded by `pad` on every side, an (H, W)
     window is cut at a uniform random offset in 0..2*pad, and the result is mirrored left-right
-    with probability 1/2. Returns a new array with the shape and dtype of x.
+    with probability 1/2. With `cutout` > 0, a `cutout` x `cutout` square centred on a uniform
+    random pixel (cut off where it crosses the border) is then set to zero (DeVries & Taylor,
+    2017). Returns a new array with the shape and dtype of x.
     """
     n, _, h, w = x.shape
     # Crop offset relative to the unpadded image: out[i, j] = x[i + dy, j + dx], or 0 outside.
@@ -355,6 +359,14 @@ def augment(x: npt.NDArray[Any], rng: np.random.Generator, *, pad: int = 4) -> n
             out[idx, :, dst_rows, w - dst_hi : w - dst_lo] = block[..., ::-1]
         else:
             out[idx, :, dst_rows, dst_lo:dst_hi] = block
+    if cutout > 0:  # drawn after the crops and flips, which cutout=0 therefore leaves as they were
+        top = rng.integers(0, h, size=n) - cutout // 2  # the square's first row and column
+        left = rng.integers(0, w, size=n) - cutout // 2
+        rows = np.arange(h) - top[:, None]  # (N, H): each row's index within the square
+        cols = np.arange(w) - left[:, None]  # (N, W)
+        in_rows, in_cols = (rows >= 0) & (rows < cutout), (cols >= 0) & (cols < cutout)
+        inside = in_rows[:, :, None] & in_cols[:, None, :]  # (N, H, W)
+        out[np.broadcast_to(inside[:, None], out.shape)] = 0
     return out
 
 

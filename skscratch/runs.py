@@ -27,6 +27,7 @@ from skscratch.backends import get_backend
 from skscratch.checkpoint import CheckpointError, atomic_write, load_checkpoint
 from skscratch.models import SKNetConfig, SKResNeXt
 from skscratch.plots import pyplot
+from skscratch.recipe import TrainConfig
 
 try:
     import fcntl
@@ -136,6 +137,13 @@ def load_model(path: str | Path, backend: str = "fast") -> tuple[SKResNeXt, NDAr
 
     Returns (model in evaluation mode, mean (3,), std (3,)): the normalisation it was trained with.
     """
+    return load_run(path, backend)[:3]
+
+
+def load_run(
+    path: str | Path, backend: str = "fast"
+) -> tuple[SKResNeXt, NDArray, NDArray, TrainConfig]:
+    """load_model's (model, mean, std), and the training configuration the run recorded."""
     get_backend(backend)  # before the `try`: a wrong name is the caller's error, not the file's
     meta, model_state, _ = load_checkpoint(Path(path))
     try:
@@ -143,8 +151,9 @@ def load_model(path: str | Path, backend: str = "fast") -> tuple[SKResNeXt, NDAr
         model.load_state_dict(model_state)
         norm = meta["normalization"]
         mean, std = (np.array(norm[k], dtype=np.float32) for k in ("mean", "std"))
+        config = TrainConfig.from_dict(meta["train_config"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(
             f"{path} does not hold a model this skscratch can build: {exc}"
         ) from exc
-    return model.eval(), mean, std
+    return model.eval(), mean, std, config

@@ -41,6 +41,7 @@ from skscratch.evaluation import evaluate
 from skscratch.losses import softmax_cross_entropy
 from skscratch.models import SKNetConfig, SKResNeXt
 from skscratch.optim import SGD, learning_rate
+from skscratch.recipe import TrainConfig
 from skscratch.runs import (
     CHECKPOINT,
     CURVES,
@@ -51,56 +52,6 @@ from skscratch.runs import (
     plot_history,
     write_metrics,
 )
-
-
-class ConfigError(ValueError):
-    """A training configuration with a value training cannot use."""
-
-
-SCHEDULES = ("onecycle", "cosine")  # the learning-rate decays skscratch.optim.learning_rate knows
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How to train: the defaults are those of the command line (`skscratch train --help`)."""
-
-    epochs: int = 42
-    batch_size: int = 128
-    lr: float = 0.2  # the peak of the schedule
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 1.0
-    schedule: str = "onecycle"
-    seed: int = 0
-    subset: int | None = None  # train on the first `subset` training images
-    test_subset: int | None = None  # evaluate on the first `test_subset` test images
-    augment: bool = True
-    label_smoothing: float = 0.2  # eps of skscratch.losses' label-smoothed targets
-    test_flips: bool = True  # evaluate on the mean logits of each test image and its mirror
-
-    def __post_init__(self):
-        # Ranges as `not low <= x < high`: NaN fails every comparison, so it is refused too.
-        if self.epochs < 1:
-            raise ConfigError(f"epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 2:
-            raise ConfigError(f"batch size must be at least 2 (batch norm), got {self.batch_size}")
-        if not 0 < self.lr < math.inf:
-            raise ConfigError(f"lr must be positive, got {self.lr}")
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
-        if not 0 <= self.weight_decay < math.inf:
-            raise ConfigError(f"weight decay must not be negative, got {self.weight_decay}")
-        if not 0 <= self.warmup_epochs < math.inf:
-            raise ConfigError(f"warm-up must not be negative, got {self.warmup_epochs} epochs")
-        if not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        for name in ("subset", "test_subset"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"{name} must be at least 1, got {value}")
 
 
 def train_step(
@@ -253,16 +204,12 @@ def _start(
     )
 
 
-# What a run whose checkpoint predates a TrainConfig field did, where the default now differs.
-_BEFORE_THE_FIELD = {"label_smoothing": 0.0, "test_flips": False}
-
-
 def _read_meta(meta: dict, path: Path) -> tuple[SKNetConfig, TrainConfig, Position, list[dict]]:
     """The model and training configurations, position and history a checkpoint's header holds."""
     try:
         return (
             SKNetConfig.from_dict(meta["model_config"]),
-            TrainConfig(**(_BEFORE_THE_FIELD | meta["train_config"])),
+            TrainConfig.from_dict(meta["train_config"]),
             Position(**meta["position"]),
             list(meta["history"]),
         )
@@ -308,7 +255,7 @@ def _logged_step(run: _Run, order: NDArray, bar: tqdm, started: float) -> None:
     idx = order[b * config.batch_size : (b + 1) * config.batch_size]
     xb = run.x_train[idx]
     if config.augment:
-        xb = augment(xb, np.random.default_rng([config.seed, 2, epoch, b]))
+        xb = augment(xb, np.random.default_rng([config.seed, 2, epoch, b]), cutout=config.cutout)
     run.optimizer.lr = learning_rate(
         epoch * run.n_batches + b,
         config.epochs * run.n_batches,
@@ -358,13 +305,16 @@ def _train_batch(run: _Run, x: NDArray, y: NDArray, bar: tqdm) -> tuple[float, i
 
 
 def _finish_epoch(run: _Run) -> None:
-    """Evaluate on the test images, add the epoch to the history, move to the next epoch, and
-    save the checkpoint and then the metrics."""
+    """Evaluate on the test images (after the last epoch also with flips, if the run asks for
+    them), add the epoch to the history, move to the next epoch, and save the checkpoint and
+    then the metrics."""
     position, seen = run.position, run.n_batches * run.config.batch_size
     started = time.perf_counter()
-    test = evaluate(
-        run.model, run.x_test, run.y_test, run.mean, run.std, flips=run.config.test_flips
-    )
+    test = evaluate(run.model, run.x_test, run.y_test, run.mean, run.std)
+    flipped = {}
+    if run.config.test_flips and position.epoch + 1 == run.config.epochs:
+        both = evaluate(run.model, run.x_test, run.y_test, run.mean, run.std, flips=True)
+        flipped = {"test_loss_flips": both["loss"], "test_accuracy_flips": both["accuracy"]}
     test_seconds = time.perf_counter() - started
     # The run's time so far: every epoch's training and evaluation (not the time it stood still
     # between a stop and its resumption).
@@ -376,6 +326,7 @@ def _finish_epoch(run: _Run) -> None:
             "train_accuracy": position.correct / seen,
             "test_loss": test["loss"],
             "test_accuracy": test["accuracy"],
+            **flipped,
             "lr": run.optimizer.lr,
             "seconds": position.seconds,
             "images_per_second": seen / position.seconds,
@@ -394,7 +345,9 @@ def _finish_epoch(run: _Run) -> None:
         tqdm.write(
             f"epoch {h['epoch']}: train loss {h['train_loss']:.3f} "
             f"acc {h['train_accuracy']:.3f} | test loss {h['test_loss']:.3f} "
-            f"acc {h['test_accuracy']:.3f} | {h['seconds'] / 60:.1f} min"
+            f"acc {h['test_accuracy']:.3f}"
+            + (f" (with flips {h['test_accuracy_flips']:.3f})" if flipped else "")
+            + f" | {h['seconds'] / 60:.1f} min"
         )
 
 

@@ -415,7 +415,7 @@ def test_a_student_copy_is_installable_and_has_no_grader(tmp_path):
     for command in ("pip install -e '.[plot]'", "python -m skscratch assignment check",
                     "python -m skscratch gradcheck --backend reference"):  # fmt: skip
         assert command in guide
-    tomllib = pytest.importorskip("tomllib")
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is standard from Python 3.11 on")
     project = tomllib.loads((copy / "pyproject.toml").read_text())["project"]
     assert project["name"] == "skscratch" and project["license"] == "MIT"
     assert any(d.startswith("numpy") for d in project["dependencies"])

@@ -501,6 +501,17 @@ BACKEND_ARGS = [
 ]  # fmt: skip
 
 
+def test_the_initialisation_options_change_the_model_and_are_recorded(capsys, tmp_path, archive):
+    out = tmp_path / "run"
+    code, _, err = main(capsys, "train", "--data", archive, "--out", out, *BACKEND_ARGS,
+                        "--attention-init", "official", "--no-zero-init-residual")  # fmt: skip
+    assert code == 0, err
+    config = load_checkpoint(out / "checkpoint.npz")[0]["model_config"]
+    assert config["attention_init"] == "official" and config["zero_init_residual"] is False
+    assert PRESETS["tiny"].attention_init == "kaiming"  # what the options changed
+    assert PRESETS["tiny"].zero_init_residual is True
+
+
 def test_the_reference_backend_trains_end_to_end(capsys, tmp_path, archive, fake_data):
     out = tmp_path / "run"
     code, stdout, err = main(

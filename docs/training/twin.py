@@ -54,7 +54,7 @@ def main() -> None:
 
     meta = load_checkpoint(args.checkpoint)[0]
     model_config = SKNetConfig.from_dict(meta["model_config"])
-    config = TrainConfig(**meta["train_config"])
+    config = TrainConfig.from_dict(meta["train_config"])
     history = meta["history"]
     data = load_cifar10(args.data)
     x_train, y_train = data.x_train[: config.subset], data.y_train[: config.subset]

@@ -2,21 +2,16 @@
 
 A case names its check (the unit that earns points, e.g. conv's "backward"), says in words what
 it tries, names the program of `_programs.py` that runs the student's code on its inputs, and
-holds, for each result, the expected value and how it is compared:
-
-    "close"  relative error below `tol` (entries where the expected value is NaN are not
-             compared: the finite differences of a large tensor are taken at a sample)
-    "equal"  exactly equal (booleans, names)
-    "none"   the function must return None here
+holds each result's expected value and rule: "close" (relative error below the limit, NaN
+entries not compared: a large tensor's finite differences are sampled), "equal" (booleans,
+names) or "none" (the function must return None here).
 
 Expected values come from `_references.py` alone: forward passes from the loops and formulas,
-backward passes from centred differences of those in float64, over every entry of a tensor of
-up to FULL entries. They are worked out in the process that builds the cases (the grader's, or
-`make`'s for the visible checks it stores in a copy), never where student code runs.
-
-Every exercise has visible cases, stored in each student copy for `skscratch assignment check`,
-and hidden ones, built by `grade` from its own seed with other shapes: a function that fits the
-visible cases and nothing else does not pass the hidden ones.
+backward passes from float64 centred differences of those, over every entry of a tensor of up
+to FULL entries; worked out where the cases are built (the grader's process, or `make`'s for
+the visible checks a copy stores), never where student code runs. Visible cases are stored in
+every copy for `skscratch assignment check`; `grade` builds hidden ones from its own seed with
+other shapes, so a function that fits the visible cases alone does not pass.
 """
 
 from __future__ import annotations
@@ -106,8 +101,6 @@ def _im2col(rng, hidden):
     return cases
 
 
-# -- conv ---------------------------------------------------------------------------------------
-
 CONV = {  # (n, c_in, c_out, groups, kernel, stride, padding, dilation, h, w, bias)
     False: [
         (2, 4, 6, 2, 3, 1, 1, 1, 5, 5, True),
@@ -156,9 +149,6 @@ def _conv_cases(rng, n, c_in, c_out, g, k, s, p, d, h, w, bias):
             case.expected["db"] = ("none", None)
         cases.append(case)
     return cases
-
-
-# -- batchnorm ----------------------------------------------------------------------------------
 
 
 def _bn_inputs(rng, shape):
@@ -215,9 +205,6 @@ def _batchnorm_cases(rng, shape):
     return cases
 
 
-# -- relu_pool_fc -------------------------------------------------------------------------------
-
-
 def _relu_pool_fc(rng, hidden):
     shape = (2, 3, 4) if hidden else (3, 4, 5)
     # Values at least 0.1 from 0: a centred difference across the kink would measure the kink.
@@ -245,9 +232,6 @@ def _relu_pool_fc(rng, hidden):
     return [relu, pool, fc]
 
 
-# -- branch_softmax -----------------------------------------------------------------------------
-
-
 def _branch_softmax(rng, hidden):
     shape = (2, 3, 5) if hidden else (3, 2, 4)
     z = rng.standard_normal(shape) * 3
@@ -261,9 +245,6 @@ def _branch_softmax(rng, hidden):
                     {"z": z, "da": da})  # fmt: skip
     _gradient(backward, "dz", lambda v: softmax(v, 1), z, da, rng)
     return [forward, backward]
-
-
-# -- sk_unit ------------------------------------------------------------------------------------
 
 
 def _sk_params(rng, c, branches, groups, d):
@@ -321,9 +302,6 @@ def _sk_unit_cases(rng, n, c, h, branches, groups, d, stride):
     return cases
 
 
-# -- softmax_ce ---------------------------------------------------------------------------------
-
-
 def _softmax_ce(rng, hidden):
     cases = []
     n, k = (6, 3) if hidden else (5, 4)
@@ -349,8 +327,6 @@ def _softmax_ce(rng, hidden):
         cases.append(case)
     return cases
 
-
-# -- gradient_checking --------------------------------------------------------------------------
 
 STEPS = tuple(10.0**-k for k in range(1, 8))  # the exercise's STEPS, written out again
 

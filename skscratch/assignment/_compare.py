@@ -4,10 +4,14 @@
 `_cases.py`: a rule and a value per result) and returns None if every result passes, else the
 reason of the first that fails: the wrong shape, None, NaN or inf, a missing or unexpected
 result, or the relative error over the limit. It runs where the expected values are: in the
-grader's process for hidden checks, in the student's for the visible ones.
+grader's process for hidden checks, in the student's for the visible ones. `failure` words
+the reason when the student's code raised instead.
 """
 
 from __future__ import annotations
+
+import os
+import traceback
 
 import numpy as np
 
@@ -67,3 +71,13 @@ def judge(got: dict, expected: dict, source: dict) -> str | None:
         if reason:
             return reason
     return None
+
+
+def failure(exc: BaseException) -> str:
+    """The reason a case failed because the student's code raised `exc`: not written yet, or
+    what it raised and the file and line where."""
+    if isinstance(exc, NotImplementedError):
+        return f"not written yet ({exc})"
+    where = traceback.extract_tb(exc.__traceback__)
+    at = f" ({os.path.basename(where[-1].filename)}, line {where[-1].lineno})" if where else ""
+    return f"raised {type(exc).__name__}: {exc}{at}"

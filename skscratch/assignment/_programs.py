@@ -45,24 +45,23 @@ def conv_backward(inputs, options):
     return {"dx": dx, "dw": dw, "db": db}
 
 
-def batchnorm_forward(inputs, options):
+def _batchnorm(inputs, options):
+    """The student's batchnorm_forward on the case's inputs: (out, mean, var, cache)."""
     from skscratch.batchnorm import batchnorm_forward
 
-    out, mean, var, _ = batchnorm_forward(
-        inputs["x"], inputs["gamma"], inputs["beta"], inputs["running_mean"],
-        inputs["running_var"], **options,
-    )  # fmt: skip
+    names = ("x", "gamma", "beta", "running_mean", "running_var")
+    return batchnorm_forward(*(inputs[name] for name in names), **options)
+
+
+def batchnorm_forward(inputs, options):
+    out, mean, var, _ = _batchnorm(inputs, options)
     return {"out": out, "running_mean": mean, "running_var": var}
 
 
 def batchnorm_backward(inputs, options):
-    from skscratch.batchnorm import batchnorm_backward, batchnorm_forward
+    from skscratch.batchnorm import batchnorm_backward
 
-    _, _, _, cache = batchnorm_forward(
-        inputs["x"], inputs["gamma"], inputs["beta"], inputs["running_mean"],
-        inputs["running_var"], **options,
-    )  # fmt: skip
-    dx, dgamma, dbeta = batchnorm_backward(inputs["dout"], cache)
+    dx, dgamma, dbeta = batchnorm_backward(inputs["dout"], _batchnorm(inputs, options)[3])
     return {"dx": dx, "dgamma": dgamma, "dbeta": dbeta}
 
 

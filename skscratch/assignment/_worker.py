@@ -13,8 +13,8 @@ be a wrong answer.
 The student's package is imported from STUDENT_DIR. `skscratch.fast` (the compiled backend,
 the instructor's code) cannot be imported here: the student's own functions are graded. This
 file runs as a script, not as part of the package: its neighbours (`_programs.py`,
-`_casefile.py`) are imported by their plain names from its own folder, before the student copy
-goes on the path, so none can be replaced by a module of the student's.
+`_casefile.py`, `_compare.py`) are imported by their plain names from its own folder, before
+the student copy goes on the path, so none can be replaced by a module of the student's.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ import importlib.abc
 import os
 import signal
 import sys
-import traceback
 from pathlib import Path
 
 import numpy as np  # noqa: F401 - loaded before the student's code can shadow it
 from _casefile import read_cases, write_result
+from _compare import failure
 from _programs import PROGRAMS
 
 
@@ -53,13 +53,7 @@ def _raise_time_limit(signum, frame):
 
 
 def _reason(exc: BaseException, seconds: int) -> str:
-    if isinstance(exc, TimeLimit):
-        return f"took longer than {seconds} s"
-    if isinstance(exc, NotImplementedError):
-        return f"not written yet ({exc})"
-    where = traceback.extract_tb(exc.__traceback__)
-    at = f" ({os.path.basename(where[-1].filename)}, line {where[-1].lineno})" if where else ""
-    return f"raised {type(exc).__name__}: {exc}{at}"
+    return f"took longer than {seconds} s" if isinstance(exc, TimeLimit) else failure(exc)
 
 
 def run(student_dir: str, cases_base: str, results_dir: str, seconds: int) -> None:

@@ -5,7 +5,12 @@ Part of every student copy (`skscratch assignment check` reads it there too).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
+
+MANIFEST = "assignment.json"  # beside skscratch/ in a copy: the exercises it was made for
+VISIBLE = "visible"  # skscratch/assignment/visible.npz and .json in a copy: the visible checks
 
 
 class AssignmentError(ValueError):
@@ -97,3 +102,15 @@ def parse_exercises(text: str | None) -> list[Exercise]:
             f"unknown exercise {', '.join(unknown) or repr(text)}; choose from {', '.join(BY_NAME)}"
         )
     return [e for e in EXERCISES if e.name in names]
+
+
+def manifest_exercises(copy: Path) -> list[Exercise]:
+    """The exercises the copy in `copy` was made for (its manifest), or all without one."""
+    path = Path(copy) / MANIFEST
+    if not path.exists():
+        return list(EXERCISES)
+    try:
+        names = json.loads(path.read_text())["exercises"]
+        return [BY_NAME[n] for n in BY_NAME if n in set(names)] or list(EXERCISES)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise AssignmentError(f"{path} is not a manifest skscratch wrote: {exc}") from exc

@@ -30,10 +30,15 @@ from pathlib import Path
 from skscratch.assignment import _cases
 from skscratch.assignment._casefile import read_result, write_cases
 from skscratch.assignment._compare import judge
-from skscratch.assignment.catalog import BY_NAME, EXERCISES, AssignmentError, Exercise
+from skscratch.assignment.catalog import (
+    BY_NAME,
+    EXERCISES,
+    AssignmentError,
+    Exercise,
+    manifest_exercises,
+)
 
 HERE = Path(__file__).resolve().parent
-MANIFEST = "assignment.json"
 TIME_LIMIT = 600  # seconds per exercise
 CASE_SECONDS = 60  # seconds per case
 MEMORY_MIB = 4096  # address space of a worker
@@ -94,18 +99,6 @@ def load_points(path: str | Path | None = None) -> dict[str, dict[str, float]]:
     if unknown:
         raise AssignmentError(f"{source}: unknown exercises {sorted(unknown)}")
     return table
-
-
-def manifest_exercises(copy: Path) -> list[Exercise]:
-    """The exercises the copy was made for (its assignment.json), or all without one."""
-    path = copy / MANIFEST
-    if not path.exists():
-        return list(EXERCISES)
-    try:
-        names = json.loads(path.read_text())["exercises"]
-        return [BY_NAME[n] for n in BY_NAME if n in set(names)] or list(EXERCISES)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise AssignmentError(f"{path} is not a manifest skscratch wrote: {exc}") from exc
 
 
 def hidden_cases(exercises: list[Exercise], seed: int) -> dict[str, list[_cases.Case]]:

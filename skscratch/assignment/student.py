@@ -12,30 +12,21 @@ grader's references as they are needed.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 from skscratch.assignment._casefile import read_cases
-from skscratch.assignment._compare import judge
+from skscratch.assignment._compare import failure, judge
 from skscratch.assignment._programs import PROGRAMS
-from skscratch.assignment.catalog import BY_NAME, EXERCISES, AssignmentError
+from skscratch.assignment.catalog import BY_NAME, VISIBLE, AssignmentError, manifest_exercises
 
 HERE = Path(__file__).resolve().parent
-VISIBLE = HERE / "visible"
-MANIFEST = HERE.parents[1] / "assignment.json"
-
-
-def _assigned() -> list[str]:
-    """The exercises of this copy's manifest; all of them without one."""
-    if not MANIFEST.is_file():
-        return [e.name for e in EXERCISES]
-    return [n for n in BY_NAME if n in set(json.loads(MANIFEST.read_text())["exercises"])]
+STORED = HERE / VISIBLE  # the visible checks a copy carries
 
 
 def _visible_cases(names: list[str]) -> list[dict]:
-    if Path(f"{VISIBLE}.json").is_file():
-        return [c for c in read_cases(VISIBLE) if c["exercise"] in names]
+    if Path(f"{STORED}.json").is_file():
+        return [c for c in read_cases(STORED) if c["exercise"] in names]
     from skscratch.assignment import _cases  # skscratch itself: build them
 
     return [
@@ -51,7 +42,7 @@ def check(exercise: str | None = None, *, out=print) -> int:
     one line per case and a summary per check; return the number of cases that failed."""
     if exercise is not None and exercise not in BY_NAME:
         raise AssignmentError(f"unknown exercise {exercise!r}; choose from {', '.join(BY_NAME)}")
-    names = [exercise] if exercise else _assigned()
+    names = [exercise] if exercise else [e.name for e in manifest_exercises(HERE.parents[1])]
     failed = 0
     cases = _visible_cases(names)
     for name in names:
@@ -75,10 +66,8 @@ def _run(case: dict) -> str | None:
     started = time.perf_counter()
     try:
         got = PROGRAMS[case["program"]](inputs, dict(case["options"]))
-    except NotImplementedError as exc:
-        return f"not written yet ({exc})"
     except Exception as exc:  # noqa: BLE001 - a student's error is a failed check, with its reason
-        return f"raised {type(exc).__name__}: {exc}"
+        return failure(exc)
     reason = judge(got, case["expected"], case["source"])
     seconds = time.perf_counter() - started
     if reason is None and seconds > 30:

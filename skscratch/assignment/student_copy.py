@@ -23,14 +23,12 @@ from pathlib import Path
 
 from skscratch.assignment import _cases
 from skscratch.assignment._casefile import write_cases
-from skscratch.assignment.catalog import EXERCISES, AssignmentError, Exercise
+from skscratch.assignment.catalog import EXERCISES, MANIFEST, VISIBLE, AssignmentError, Exercise
 from skscratch.assignment.grading import load_points
 from skscratch.assignment.text import assignment_text
 
 PACKAGE = Path(__file__).resolve().parents[1]
 BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"
-MANIFEST = "assignment.json"
-VISIBLE = "visible"  # skscratch/assignment/visible.npz and .json in the copy
 # The student's side of skscratch/assignment: everything else there stays with the instructor.
 STUDENT_SIDE = ("catalog.py", "student.py", "_programs.py", "_compare.py", "_casefile.py")
 STUDENT_INIT = '''"""The student's side of the assignment:

@@ -80,7 +80,8 @@ def conv2d_forward(
     else:
         cols = _columns(cache)  # (N, G, K, L)
         out = memory.empty((x.shape[0], c_out, *cache.out_size), x.dtype)
-        out_g = out.reshape(x.shape[0], groups, c_out // groups, -1)  # (N, G, C_out/G, L)
+        length = cols.shape[-1]  # L, written out: -1 cannot be inferred for an empty batch
+        out_g = out.reshape(x.shape[0], groups, c_out // groups, length)  # (N, G, C_out/G, L)
         np.matmul(w.reshape(groups, c_out // groups, -1), cols, out=out_g)
     if b is not None:
         out += b[None, :, None, None]
