@@ -18,7 +18,7 @@ SHARED_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar-10-python.tar.gz"
 def test_the_tutorials_are_numbered_in_order():
     numbers = [int(path.name[:2]) for path in TUTORIALS]
     assert numbers == list(range(1, len(TUTORIALS) + 1)), [p.name for p in TUTORIALS]
-    assert len(TUTORIALS) == 8
+    assert len(TUTORIALS) == 13
 
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=lambda p: p.stem)
@@ -30,7 +30,7 @@ def test_tutorial_opens_as_a_notebook(path):
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=lambda p: p.stem)
 def test_tutorial_runs(path, tmp_path):
-    needs_data = "load_cifar10" in path.read_text() or path.name.startswith(("07", "08"))
+    needs_data = "load_cifar10" in path.read_text() or path.name.startswith(("11", "13"))
     env = dict(os.environ, SKSCRATCH_FIGURES=str(tmp_path), SKSCRATCH_TUTORIAL_SMALL="1")
     if needs_data and "SKSCRATCH_DATA" not in os.environ:
         if not SHARED_ARCHIVE.exists():

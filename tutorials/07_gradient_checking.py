@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 5. Gradient checking as a tool
+# # 7. Gradient checking as a tool
 #
 # Every backward pass in skscratch is written by hand, so every one can be wrong. The check
 # that catches the mistakes compares it with finite differences of the forward pass. This
@@ -111,7 +111,7 @@ ax.set_ylabel("relative error of one gradient entry")
 ax.set_title("conv + batch norm, float64: error O(h) versus O(h^2)")
 ax.invert_xaxis()
 ax.legend()
-show(fig, "05_centred_vs_one_sided")
+show(fig, "07_centred_vs_one_sided")
 
 # %% [markdown]
 # Read the plot from left to right (h shrinking). Both errors first fall, the centred one twice
@@ -171,7 +171,7 @@ ax.set_title("Centred differences of conv + batch norm, computed in float64 and 
 ax.set_ylim(1e-12, 3)
 ax.invert_xaxis()
 ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1))
-show(fig, "05_step_size_float32_float64")
+show(fig, "07_step_size_float32_float64")
 
 # %% [markdown]
 # Both curves follow the same truncation line at large h, and each then turns up along its own
@@ -238,7 +238,7 @@ ax.invert_xaxis()
 ax.set(xlabel="step h", ylabel="absolute error", title="d/dx [exp(x) sin(x) / sqrt(x)] at 1.5")
 ax.legend()
 fig.tight_layout()
-show(fig, "05_complex_step")
+show(fig, "07_complex_step")
 print(f"smallest centred error {min(centred_err):.1e}, complex step at h = 1e-20: "
       f"{complex_err[-1]:.1e}")  # fmt: skip
 assert complex_err[-1] < 1e-14 < min(centred_err)

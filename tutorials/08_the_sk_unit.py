@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 6. The SK unit: Split, Fuse, Select
+# # 8. The SK unit: Split, Fuse, Select
 #
 # The Selective Kernel unit (Li, Wang, Hu, Yang, CVPR 2019) lets every channel choose, image by
 # image, how much of a small and how much of a large receptive field it uses. It does that in
@@ -211,7 +211,7 @@ axes[-1, 1].set_xlabel("channel c")
 fig.suptitle("SK attention per channel (random weights): a_1 + a_2 = 1 for every channel")
 fig.tight_layout(rect=(0, 0.04, 1, 1))
 fig.legend(*axes[0, 1].get_legend_handles_labels(), loc="lower center", ncol=2)
-show(fig, "06_attention_per_channel")
+show(fig, "08_attention_per_channel")
 
 # %% [markdown]
 # ## The softmax across branches, backwards
@@ -355,4 +355,4 @@ for branches, stride in [(2, 1), (3, 2)]:
 # - Backward: the softmax's Jacobian is `a_m (delta_mk - a_k)`; each `U_m` gets
 #   `a_m dV` directly plus the fused-statistics gradient shared by all branches.
 #
-# Next: tutorial 7 stacks SK units into a network and trains it on CIFAR-10.
+# Next: tutorial 11 stacks SK units into a network and trains it on CIFAR-10.

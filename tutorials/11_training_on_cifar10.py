@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 7. Training a small SK network on CIFAR-10
+# # 11. Training a small SK network on CIFAR-10
 #
 # The earlier tutorials built every operation and the SK unit from forward/backward pairs. Here
 # they come together: an SK-ResNeXt learns to classify CIFAR-10 images. We go through
@@ -7,7 +7,7 @@
 # with skscratch's own pieces, exactly as `skscratch.train` runs it.
 #
 # **Two backends.** A network runs on one of two sets of operation pairs, chosen when it is
-# built: `backend="reference"`, the plain-NumPy pairs of tutorials 1 to 6 (in the course, the
+# built: `backend="reference"`, the plain-NumPy pairs of tutorials 3 to 8 (in the course, the
 # functions you write), or `backend="fast"`, compiled versions of them from `skscratch.fast`,
 # which skscratch's tests check against the reference pairs. We train on the fast backend, after
 # checking on one batch that the two compute the same.
@@ -80,7 +80,7 @@ for k, ax in enumerate(axes.flat):
     ax.axis("off")
 fig.suptitle("CIFAR-10: one training image per class")
 fig.tight_layout()
-show(fig, "07_cifar10_examples")
+show(fig, "11_cifar10_examples")
 
 # %% [markdown]
 # We train on the first `config.subset` training images. The first images of CIFAR-10 are in
@@ -129,7 +129,7 @@ for ax in axes.flat:
     ax.axis("off")
 fig.suptitle("One image, eight random crops and flips")
 fig.tight_layout()
-show(fig, "07_augmentation")
+show(fig, "11_augmentation")
 
 # %% [markdown]
 # ## Normalisation
@@ -346,7 +346,7 @@ for ax in (ax_loss, ax_acc):
     ax.legend()
 fig.suptitle(f"SK-ResNeXt '{preset}' on {len(x_train)} CIFAR-10 images")
 fig.tight_layout()
-show(fig, "07_training_curves")
+show(fig, "11_training_curves")
 
 # %% [markdown]
 # ## Accuracy per class
@@ -374,7 +374,7 @@ ax.set(
 ax.tick_params(axis="x", rotation=30)
 ax.legend()
 fig.tight_layout()
-show(fig, "07_per_class_accuracy")
+show(fig, "11_per_class_accuracy")
 
 # %% [markdown]
 # ## A trained model on the other backend

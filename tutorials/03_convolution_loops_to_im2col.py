@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 1. Convolution: from nested loops to im2col
+# # 3. Convolution: from nested loops to im2col
 #
 # Every branch of an SK unit is a convolution, so that is where we start. This tutorial
 # writes a convolution the slow, obvious way (seven nested loops), then rewrites it as
@@ -8,7 +8,7 @@
 # are checked against each other.
 #
 # Conventions are PyTorch's: tensors are `(N, C, H, W)`, a weight is `(C_out, C_in, KH, KW)`
-# (grouped convolutions come in tutorial 2), and "convolution" means cross-correlation (the
+# (grouped convolutions come in tutorial 4), and "convolution" means cross-correlation (the
 # kernel is not flipped):
 #
 #     out[n, co, oy, ox] = b[co] + sum_{c,i,j} w[co, c, i, j] * x_pad[n, c, oy*s + i*d, ox*s + j*d]
@@ -124,7 +124,7 @@ def conv2d_loops(x, w, b, stride=1, padding=0, dilation=1):
 # The rows are indexed by the tap `(c, i, j)`, flattened as `c*KH*KW + i*KW + j`; the columns
 # by the output position `(oy, ox)`, flattened as `oy*W_out + ox`. So `cols` has shape
 # `(N, C*KH*KW, H_out*W_out)`. skscratch's version, `im2col` in the module `skscratch.im2col`
-# (beside its adjoint `col2im`, the subject of tutorial 3), does not loop over outputs at all:
+# (beside its adjoint `col2im`, the subject of tutorial 5), does not loop over outputs at all:
 # for each tap `(i, j)` it takes one strided slice of the padded input, which holds that tap of
 # every window at once.
 
@@ -197,7 +197,7 @@ ax.set_ylabel("row: tap (c, i, j)")
 ax.set_title("cols = im2col(x), shape (8, 4)")
 fig.suptitle("red: the window of output (oy, ox) = (0, 1), and the column it becomes")
 fig.tight_layout()
-show(fig, "01_im2col_tiny")
+show(fig, "03_im2col_tiny")
 
 # %% [markdown]
 # ## Version 2: im2col and one matrix product
@@ -234,7 +234,7 @@ assert cols.shape == (2, 27, h_out * w_out) and out_im2col.shape == (2, 4, 4, 3)
 # ## All versions agree
 #
 # The loops, our im2col product, and `skscratch.conv2d_forward` (the same gather and product,
-# batched over the groups of tutorial 2) must give the same numbers, up to the rounding of a
+# batched over the groups of tutorial 4) must give the same numbers, up to the rounding of a
 # different order of summation. We check a few settings, including dilation and padding
 # together.
 
@@ -274,5 +274,5 @@ assert np.array_equal(im2col(x_big, 1, 1), x_big.reshape(1, 64, 32 * 32))  # 1x1
 # **Summary.** A convolution is a dot product of each filter with each input window. im2col
 # gathers the windows into the columns of `cols`, `(N, C_in*KH*KW, H_out*W_out)`, with rows
 # ordered `(c, i, j)` like the flattened filters, so the whole convolution is
-# `W.reshape(C_out, -1) @ cols`. Tutorial 2 adds groups and dilation; tutorial 3 runs this
+# `W.reshape(C_out, -1) @ cols`. Tutorial 4 adds groups and dilation; tutorial 5 runs this
 # product backwards.

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 2. Grouped and dilated convolution
+# # 4. Grouped and dilated convolution
 #
 # Each branch of the SK unit is a **grouped** 3x3 convolution, and the second branch is also
 # **dilated**: SK[2, 32, 16] uses G = 32 groups and dilations 1 and 2. This tutorial takes the
@@ -104,7 +104,7 @@ for ax, g in zip(axes, [1, 4, 8], strict=True):
 axes[2].set_title("groups = 8 (depthwise): weight (8, 1, 3, 3)")
 fig.suptitle("Dark: output channel co depends on input channel ci")
 fig.tight_layout()
-show(fig, "02_group_dependencies")
+show(fig, "04_group_dependencies")
 
 # %% [markdown]
 # A depthwise convolution filters every channel with its own 3x3 kernel, nothing more. An
@@ -190,7 +190,7 @@ for ax, d in zip(axes, [1, 2], strict=True):
 fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center")
 fig.suptitle("Orange: the input pixels one output of a 3x3 convolution reads (nonzero dx)")
 fig.tight_layout(rect=(0, 0.08, 1, 1))
-show(fig, "02_dilation_footprint")
+show(fig, "04_dilation_footprint")
 
 # %% [markdown]
 # ## What it costs: parameters and multiply-adds

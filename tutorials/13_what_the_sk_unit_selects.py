@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 8. What does the SK unit select?
+# # 13. What does the SK unit select?
 #
 # Li et al. ask whether an SK unit adapts its receptive field to the size of the object, as
 # neurons in the visual cortex adapt theirs to the stimulus (Section 4.5, "Analysis and
@@ -103,7 +103,7 @@ for row, f in zip(axes, factors, strict=True):
         ax.set_yticks([])
     row[0].set_ylabel(f"{f:g}x")
 fig.suptitle("Test images with the central object enlarged")
-show(fig, "08_enlarged_images")
+show(fig, "13_enlarged_images")
 
 # %% [markdown]
 # ## The attention of every unit
@@ -134,10 +134,10 @@ for name, a in att.items():
 labels = data.y_test[: len(images)]
 result = attention_by_scale(model, images, mean, std, labels=labels, factors=factors)
 for name, fig in plot_results(result).items():
-    show(fig, "08_" + name)
+    show(fig, "13_" + name)
 summary = across_seeds([result])
-show(plot_per_class(summary, list(data.label_names)), "08_attention_per_class")
-show(plot_binned_channels(summary), "08_attention_per_channel_group")
+show(plot_per_class(summary, list(data.label_names)), "13_attention_per_class")
+show(plot_binned_channels(summary), "13_attention_per_channel_group")
 
 print(f"mean attention difference (dilated - plain) over {result['n_images']} test images")
 print(f"{'SK unit':<16}" + "".join(f"{f:>9g}x" for f in factors) + "   change 1.0x -> 2.0x")

@@ -1,7 +1,7 @@
 # %% [markdown]
-# # 3. Backward through a convolution
+# # 5. Backward through a convolution
 #
-# Tutorial 1 wrote the forward pass as a gather and a matrix product,
+# Tutorial 3 wrote the forward pass as a gather and a matrix product,
 #
 #     cols = im2col(x)                       (N, C_in*KH*KW, L),  L = H_out*W_out
 #     out[n] = W.reshape(C_out, -1) @ cols[n] + b[:, None]
@@ -96,7 +96,7 @@ for ax, (title, s, p, d) in zip(axes, geometries, strict=True):
         assert set(np.unique(cover)) == {1, 2, 4}
 fig.suptitle("col2im(im2col(ones)): the number of windows that read each pixel")
 fig.tight_layout()
-show(fig, "03_window_counts")
+show(fig, "05_window_counts")
 
 # %% [markdown]
 # ## The adjoint

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 4. Batch normalisation, forward and backward
+# # 6. Batch normalisation, forward and backward
 #
 # In an SK network batch norm follows every convolution: each branch of the SK unit is
 # conv -> BN -> ReLU, and the fuse step's fully connected layer is followed by BN and ReLU too.
@@ -238,7 +238,7 @@ for ax, values, truth, name in [
     ax.set_title(f"{name} (dotted: true value)")
 axes[0].legend(loc="center right", bbox_to_anchor=(1, 0.68))
 fig.suptitle("Running statistics, momentum 0.1, starting from mean 0 and variance 1", y=1.02)
-show(fig, "04_running_mean")
+show(fig, "06_running_mean")
 
 # %% [markdown]
 # Evaluation mode normalises with those running statistics, returns them unchanged, and the
