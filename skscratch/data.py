@@ -27,6 +27,8 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
+from skscratch.augmentation import augment
+
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
 ARCHIVE_NAME = "cifar-10-python.tar.gz"
@@ -320,53 +322,6 @@ def normalize(
     out *= np.float32(1 / 255)
     out -= mean
     out /= std
-    return out
-
-
-def augment(
-    x: npt.NDArray[Any], rng: np.random.Generator, *, pad: int = 4, cutout: int = 0
-) -> npt.NDArray[Any]:
-    """Random crop with zero padding, then random horizontal flip, then cutout, per image.
-
-    x: (N, C, H, W), any dtype. Each image is zero-padded by `pad` on every side, an (H, W)
-    window is cut at a uniform random offset in 0..2*pad, and the result is mirrored left-right
-    with probability 1/2. With `cutout` > 0, a `cutout` x `cutout` square centred on a uniform
-    random pixel (cut off where it crosses the border) is then set to zero (DeVries & Taylor,
-    2017). Returns a new array with the shape and dtype of x.
-    """
-    n, _, h, w = x.shape
-    # Crop offset relative to the unpadded image: out[i, j] = x[i + dy, j + dx], or 0 outside.
-    dy = rng.integers(-pad, pad + 1, size=n)
-    dx = rng.integers(-pad, pad + 1, size=n)
-    flip = rng.random(n) < 0.5
-    out = np.zeros_like(x)
-    if n == 0:
-        return out
-    # Images sharing (dy, dx, flip) move as one block copy: a loop over 2 * (2*pad + 1)**2
-    # cases instead of one over pixels. Padding is never materialised: rows and columns that
-    # would come from the padding stay zero.
-    key = ((dy + pad) * (2 * pad + 1) + (dx + pad)) * 2 + flip
-    order = np.argsort(key, kind="stable")
-    _, starts = np.unique(key[order], return_index=True)
-    for idx in np.split(order, starts[1:]):
-        sy, sx, f = dy[idx[0]], dx[idx[0]], flip[idx[0]]
-        src_rows = slice(max(sy, 0), h + min(sy, 0))
-        dst_rows = slice(max(-sy, 0), h + min(-sy, 0))
-        src_cols = slice(max(sx, 0), w + min(sx, 0))
-        dst_lo, dst_hi = max(-sx, 0), w + min(-sx, 0)
-        block = x[idx, :, src_rows, src_cols]  # (n_case, C, rows, cols)
-        if f:  # mirroring maps output columns [lo, hi) onto [w - hi, w - lo), reversed
-            out[idx, :, dst_rows, w - dst_hi : w - dst_lo] = block[..., ::-1]
-        else:
-            out[idx, :, dst_rows, dst_lo:dst_hi] = block
-    if cutout > 0:  # drawn after the crops and flips, which cutout=0 therefore leaves as they were
-        top = rng.integers(0, h, size=n) - cutout // 2  # the square's first row and column
-        left = rng.integers(0, w, size=n) - cutout // 2
-        rows = np.arange(h) - top[:, None]  # (N, H): each row's index within the square
-        cols = np.arange(w) - left[:, None]  # (N, W)
-        in_rows, in_cols = (rows >= 0) & (rows < cutout), (cols >= 0) & (cols < cutout)
-        inside = in_rows[:, :, None] & in_cols[:, None, :]  # (N, H, W)
-        out[np.broadcast_to(inside[:, None], out.shape)] = 0
     return out
 
 

@@ -34,9 +34,10 @@ import numpy as np
 from numpy.typing import NDArray
 from tqdm import tqdm
 
+from skscratch.augmentation import augment
 from skscratch.backends import get_backend
 from skscratch.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from skscratch.data import Cifar10, augment, channel_stats, normalize
+from skscratch.data import Cifar10, channel_stats, normalize
 from skscratch.evaluation import evaluate
 from skscratch.losses import softmax_cross_entropy
 from skscratch.models import SKNetConfig, SKResNeXt

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pytest
 
+from skscratch.augmentation import augment
 from skscratch.data import (
     ARCHIVE_NAME,
     FOLDER_NAME,
@@ -32,7 +33,6 @@ from skscratch.data import (
     TRAIN_BATCHES,
     Cifar10,
     DataError,
-    augment,
     channel_stats,
     iterate_batches,
     load_cifar10,
@@ -562,6 +562,36 @@ def test_augment_is_reproducible() -> None:
 def test_augment_empty_batch() -> None:
     x = np.zeros((0, 3, 32, 32), np.float32)
     assert augment(x, np.random.default_rng(0)).shape == x.shape
+    assert augment(x, np.random.default_rng(0), cutout=8).shape == x.shape
+
+
+@pytest.mark.parametrize(("size", "side"), [(32, 8), (9, 4), (6, 1), (7, 5)])
+def test_cutout_zeroes_one_square_cut_off_at_the_border(size: int, side: int) -> None:
+    """Cutout changes nothing of the crop and flip (it draws after them), and zeroes in each
+    image the pixels of one side x side square around a random centre, in every channel: the
+    whole square where it lies inside the image, the part inside where it crosses the border."""
+    n = 4000
+    x = np.random.default_rng(1).integers(1, 256, size=(n, 3, size, size)).astype(np.uint8)
+    # Without padding (pad=0) the crops are the images, mirrored or not, and nonzero.
+    flipped = augment(x, np.random.default_rng(5), pad=0)
+    out = augment(x, np.random.default_rng(5), pad=0, cutout=side)
+    square = out != flipped
+    np.testing.assert_array_equal(out[square], 0)
+    assert (square.all(axis=1) == square.any(axis=1)).all()  # every channel, or none
+    mask = square[:, 0]
+    rows, cols = mask.any(axis=2), mask.any(axis=1)  # (N, size): rows and columns it touches
+    n_rows, n_cols = rows.sum(axis=1), cols.sum(axis=1)
+    assert (n_rows >= 1).all() and (n_rows <= side).all() and (n_cols <= side).all()
+    # One rectangle: the pixels are exactly the product of its rows and columns,
+    np.testing.assert_array_equal(mask, rows[:, :, None] & cols[:, None, :])
+    # contiguous, and whole along each axis wherever it does not touch the border there.
+    for touched, count in ((rows, n_rows), (cols, n_cols)):
+        first, last = touched.argmax(axis=1), size - 1 - touched[:, ::-1].argmax(axis=1)
+        np.testing.assert_array_equal(last - first + 1, count)
+        inside = (first > 0) & (last < size - 1)
+        assert inside.any() and (count[inside] == side).all()
+        # The centres are spread over the whole image: every row and column is covered.
+        assert touched.any(axis=0).all()
 
 
 # ----------------------------------------------------------------------------- batching

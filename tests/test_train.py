@@ -443,6 +443,8 @@ def test_metrics_have_one_json_line_per_epoch(runs):
         assert keys <= set(record)
         assert all(math.isfinite(record[k]) for k in keys)
         assert 0 <= record["train_accuracy"] <= 1 and 0 <= record["test_accuracy"] <= 1
+        # Test-time flips (the default) evaluate the last epoch a second time, and only it.
+        assert ("test_accuracy_flips" in record) == (epoch == EPOCHS)
     assert json.loads(lines[-1])["lr"] < json.loads(lines[0])["lr"]  # the schedule decays
 
 
@@ -480,13 +482,14 @@ def test_evaluate_command_prints_accuracy_and_every_class(runs, archive, fake_da
     expected = evaluate(model, fake_data.x_test, fake_data.y_test, mean, std, flips=True)
     assert match.group(1) == f"{expected['accuracy']:.4f}"
     last = load_checkpoint(runs["a"] / "checkpoint.npz")[0]["history"][-1]
-    assert match.group(1) == f"{last['test_accuracy']:.4f}"
+    assert match.group(1) == f"{last['test_accuracy_flips']:.4f}"
     for line, acc in zip(lines[1:], expected["per_class_accuracy"], strict=True):
         assert line.split()[-1] == f"{acc:.4f}"
 
     plain = skscratch("evaluate", runs["a"] / "checkpoint.npz", "--data", archive, "--no-flips")
     first = plain.stdout.splitlines()[0]
     expected = evaluate(model, fake_data.x_test, fake_data.y_test, mean, std)
+    assert f"{expected['accuracy']:.4f}" == f"{last['test_accuracy']:.4f}"
     assert first == (
         f"test accuracy {expected['accuracy']:.4f} on 40 images (loss {expected['loss']:.4f})"
     )

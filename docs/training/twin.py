@@ -23,8 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from skscratch.augmentation import augment
 from skscratch.checkpoint import load_checkpoint
-from skscratch.data import augment, channel_stats, load_cifar10, normalize
+from skscratch.data import channel_stats, load_cifar10, normalize
 from skscratch.interop.torch import to_torch
 from skscratch.models import SKNetConfig, SKResNeXt
 from skscratch.optim import learning_rate
@@ -84,7 +85,9 @@ def main() -> None:
             idx = order[b * config.batch_size : (b + 1) * config.batch_size]
             xb = x_train[idx]
             if config.augment:
-                xb = augment(xb, np.random.default_rng([config.seed, 2, epoch, b]))
+                xb = augment(
+                    xb, np.random.default_rng([config.seed, 2, epoch, b]), cutout=config.cutout
+                )
             lr = learning_rate(
                 epoch * n_batches + b,
                 config.epochs * n_batches,
