@@ -100,26 +100,25 @@ show(fig, "01_graph")
 # Each is a *vector-Jacobian product*: the upstream gradient times the node's Jacobian, computed
 # from the node's own formula without building the Jacobian. This is what every `_backward`
 # function of skscratch computes.
-
-# %%
-dh = g  # dL/dh
-dz = dh * (z > 0)  # through ReLU
-dx = dz @ W  # (N, D)
-dW = dz.T @ x  # (K, D)
-db = dz.sum(axis=0)  # (K,)
-
-# %% [markdown]
-# The same, built from skscratch's pairs: each forward returns a cache, and the backward passes
-# run in reverse order, each taking the gradient the one after it returned.
+#
+# In skscratch the two products are `relu_backward` and `linear_backward`. Each forward returns a
+# cache (what its backward will need), and the backward passes run in reverse order, each taking
+# the gradient the one after it returned:
 
 # %%
 z2, linear_cache = linear_forward(x, W, b)
 h2, relu_cache = relu_forward(z2)
-dz2 = relu_backward(g, relu_cache)
-dx2, dW2, db2 = linear_backward(dz2, linear_cache)
-for ours, theirs in [(h2, h), (dx2, dx), (dW2, dW), (db2, db)]:
-    np.testing.assert_allclose(ours, theirs, rtol=1e-12)
-print("linear_backward(relu_backward(...)) gives the hand-written gradients")
+np.testing.assert_allclose(h2, h, rtol=1e-12)  # the same forward pass as above
+dz = relu_backward(g, relu_cache)  # dL/dz, (N, K)
+dx, dW, db = linear_backward(dz, linear_cache)  # (N, D), (K, D), (K,)
+print(f"dz {dz.shape}, dx {dx.shape}, dW {dW.shape}, db {db.shape}")
+assert dx.shape == x.shape and dW.shape == W.shape and db.shape == b.shape
+
+# %% [markdown]
+# In an assignment (`python -m skscratch assignment make`) these two backward functions are
+# yours to write, from the formulas above. With the global average pool's backward they form
+# one exercise, `relu_pool_fc`; tutorial 9 derives the pool's backward, the last of the three,
+# and runs the exercise's checks there. Until then the finite differences below check them.
 
 # %% [markdown]
 # ## The Jacobian, once, to see what is avoided
@@ -127,8 +126,10 @@ print("linear_backward(relu_backward(...)) gives the hand-written gradients")
 # For this small layer the full Jacobian of $z$ with respect to $W$ fits in memory:
 # $NK \times KD = 20 \times 15$ entries, of which only $N D K = 60$ are not zero. Multiplying
 # the flattened upstream gradient by it gives the same $\partial L / \partial W$ as the one-line
-# product above. In a real layer (N = 128 images, a 32 x 32 x 64 output, 64 x 64 x 9 weights) the
-# Jacobian would have about $3 \times 10^{12}$ entries; the vector-Jacobian product never forms it.
+# product above. In a real layer ($N = 128$ images, a $32 \times 32 \times 64$ output,
+# $64 \times 64 \times 9$ weights) the Jacobian would have
+# $(128 \cdot 32 \cdot 32 \cdot 64) \times (64 \cdot 64 \cdot 9) \approx 3 \times 10^{11}$
+# entries; the vector-Jacobian product never forms it.
 
 # %%
 J = np.zeros((N * K, K * D))  # d z[n, k] / d W[k', d]
@@ -138,8 +139,11 @@ for n in range(N):
             J[n * K + k, k * D + d] = x[n, d]
 dW_from_jacobian = (dz.reshape(-1) @ J).reshape(K, D)
 np.testing.assert_allclose(dW_from_jacobian, dW, rtol=1e-12)
-assert np.count_nonzero(J) == N * K * D
+assert np.count_nonzero(J) == N * K * D and J.size == 300
 print(f"Jacobian {J.shape}, {np.count_nonzero(J)} of {J.size} entries non-zero")
+real_layer = (128 * 32 * 32 * 64) * (64 * 64 * 9)  # output entries x weight entries
+print(f"a real layer's Jacobian: {real_layer:.1e} entries")
+assert 2.5e11 < real_layer < 3.5e11
 
 # %% [markdown]
 # ## Checking against finite differences
@@ -196,31 +200,29 @@ print("two uses of h: the gradients of both add up; with one alone the check fai
 #   backward step needs (the cache).
 # - Backward runs the nodes in reverse, each turning the gradient of its output into gradients of
 #   its inputs: a vector-Jacobian product, computed from the node's formula, never from its
-#   Jacobian.
+#   Jacobian. For the layer here the Jacobian of $z$ with respect to $W$ has 300 entries, of
+#   which 60 are not zero; a real convolution's would have about $3 \times 10^{11}$.
 # - For $z = x W^\top + b$: $\partial L/\partial x = \delta W$, $\partial L/\partial W =
 #   \delta^\top x$, $\partial L/\partial b = \sum_n \delta_n$ with $\delta = \partial L/\partial z$;
 #   for ReLU, $\delta = \partial L/\partial h \odot [z > 0]$.
 # - A value used twice receives the sum of the gradients of its uses.
-# - Finite differences check a backward pass independently of its derivation.
+# - Finite differences check a backward pass independently of its derivation: here they agree
+#   with `relu_backward` and `linear_backward` to a relative error below $10^{-8}$, and plainly
+#   disagree (above $10^{-2}$) when one of two paths is forgotten.
 #
 # ## Exercises
 #
 # 1. A sigmoid node $s = 1 / (1 + e^{-z})$ in place of the ReLU: its vector-Jacobian product is
-#    $\partial L/\partial z = \partial L/\partial h \odot s (1 - s)$. Write `sigmoid_backward` and
-#    make the check below pass.
-
+#    $\partial L/\partial z = \partial L/\partial h \odot s (1 - s)$. Compute it for the
+#    upstream gradient `g` as `dz_sigmoid` and make the check below pass.
 
 # %%
-def sigmoid_backward(dh, s):
-    """dh: dL/ds, s: the forward output. Returns dL/dz."""
-    # BEGIN SOLUTION
-    return dh * s * (1 - s)
-    # END SOLUTION
-
-
-s = 1 / (1 + np.exp(-z))
+s = 1 / (1 + np.exp(-z))  # the sigmoid's output, (N, K); g plays dL/ds
+# BEGIN SOLUTION
+dz_sigmoid = g * s * (1 - s)
+# END SOLUTION
 numeric = numerical_gradient(lambda v: 1 / (1 + np.exp(-v)), z, g)
-assert rel_error(sigmoid_backward(g, s), numeric) < 1e-8
+assert rel_error(dz_sigmoid, numeric) < 1e-8
 
 # %% [markdown]
 # 2. The same $x$ feeds two layers, $L = \sum g \odot (x W^\top) + \sum g_3 \odot (x V^\top)$.

@@ -1,18 +1,37 @@
 # %% [markdown]
 # # 7. Gradient checking as a tool
 #
+# **Goals.** After this tutorial you can
+# - check any backward pass against centred finite differences, weighted by a random upstream
+#   gradient;
+# - explain why centred differences beat one-sided ones ($O(h^2)$ against $O(h)$), and predict
+#   the best step size from the balance of truncation and rounding;
+# - say why gradients are checked in float64, and when the complex step does better still;
+# - measure the error so that entries near zero do not mislead, and keep inputs away from kinks;
+# - plant a bug and see the check catch it.
+#
+# **Prerequisites.** Tutorial 1 (vector-Jacobian products); tutorials 3 to 6 (the convolution,
+# its backward pass and batch norm, the operations checked here); Taylor series.
+#
+# **Time.** About 45 minutes.
+#
 # Every backward pass in skscratch is written by hand, so every one can be wrong. The check
 # that catches the mistakes compares it with finite differences of the forward pass. This
 # tutorial looks at the checker itself: which difference to take, which step size, which
 # floating-point type, how to measure the error, where it lies (ReLU's kink), and finally a
 # gallery of planted bugs it catches.
 #
-# The idea: for an operation out = f(x) and an upstream gradient dout of out's shape, the
-# scalar L(x) = sum(f(x) * dout) has gradient dL/dx = backward(dout). Finite differences of
-# L approximate that gradient one entry at a time.
+# The idea: for an operation $\text{out} = f(x)$ and an upstream gradient $g$ (`dout`) of
+# out's shape, the scalar
+#
+# $$ L(x) = \sum_i f(x)_i \, g_i $$
+#
+# has gradient $\partial L / \partial x = $ `backward(dout)`. Finite differences of $L$
+# approximate that gradient one entry at a time.
 
 # %%
 import inspect
+import math
 
 import numpy as np
 
@@ -23,12 +42,12 @@ from skscratch import (
     branch_softmax_forward,
     conv2d_backward,
     conv2d_forward,
-    conv_output_size,
     relu_backward,
     relu_forward,
 )
+from skscratch.assignment.student import check
 from skscratch.gradcheck import check_gradients, numerical_gradient, rel_error
-from skscratch.im2col import col2im
+from skscratch.im2col import col2im, im2col
 from skscratch.plots import pyplot, show
 
 rng = np.random.default_rng(0)
@@ -38,7 +57,7 @@ print(inspect.getsource(numerical_gradient))
 # ## A real operation to check
 #
 # Throughout we use a small convolution followed by batch norm (training mode), as in an SK
-# branch: x (2, 2, 5, 5) -> conv 3x3, padding 1 -> (2, 3, 5, 5) -> batch norm. The analytic
+# branch: `x` (2, 2, 5, 5) -> conv 3x3, padding 1 -> (2, 3, 5, 5) -> batch norm. The analytic
 # gradient is the two backward passes chained, in reverse order.
 
 # %%
@@ -68,11 +87,18 @@ assert rel_error(dx_true, numeric) < 1e-8
 # %% [markdown]
 # ## Centred versus one-sided differences
 #
-# Taylor: L(x + h) = L + h L' + h^2/2 L'' + h^3/6 L''' + ... So the one-sided difference
-# (L(x + h) - L(x)) / h = L' + h/2 L'' + ... has error O(h), while in the centred difference
-# (L(x + h) - L(x - h)) / (2h) = L' + h^2/6 L''' + ... the even terms cancel: error O(h^2).
-# Halving h halves the first error and quarters the second. `numerical_gradient` is centred;
-# here is the one-sided one, for one entry i, to compare:
+# Taylor: $L(x + h) = L + h L' + \tfrac{h^2}{2} L'' + \tfrac{h^3}{6} L''' + \dots$ So the
+# one-sided difference
+#
+# $$ \frac{L(x + h) - L(x)}{h} = L' + \frac{h}{2} L'' + \dots $$
+#
+# has error $O(h)$, while in the centred difference
+#
+# $$ \frac{L(x + h) - L(x - h)}{2h} = L' + \frac{h^2}{6} L''' + \dots $$
+#
+# the even terms cancel: error $O(h^2)$. Halving $h$ halves the first error and quarters the
+# second. `numerical_gradient` is centred; here is the one-sided one, for one entry $i$, to
+# compare:
 
 
 # %%
@@ -93,7 +119,7 @@ centred = np.array(
 one_sided, centred = one_sided / abs(exact), centred / abs(exact)
 
 # %% [markdown]
-# Where truncation dominates (large h), the slopes on a log-log plot are the orders:
+# Where truncation dominates (large $h$), the slopes on a log-log plot are the orders:
 
 # %%
 large = hs >= 1e-3
@@ -114,11 +140,11 @@ ax.legend()
 show(fig, "07_centred_vs_one_sided")
 
 # %% [markdown]
-# Read the plot from left to right (h shrinking). Both errors first fall, the centred one twice
-# as steeply and far lower. Then both rise again: that is rounding, the subject of the next
-# section. Wherever truncation dominates the centred difference is much better, for the same
-# two evaluations of f per entry (the one-sided one can reuse L(x) across entries, a saving
-# not worth the worse estimate).
+# Read the plot from left to right ($h$ shrinking). Both errors first fall, the centred one
+# twice as steeply and far lower. Then both rise again: that is rounding, the subject of the
+# next section. Wherever truncation dominates the centred difference is much better, for the
+# same two evaluations of $f$ per entry (the one-sided one can reuse $L(x)$ across entries, a
+# saving not worth the worse estimate).
 
 # %%
 assert np.all(centred[large] < one_sided[large])
@@ -126,15 +152,18 @@ assert np.all(centred[large] < one_sided[large])
 # %% [markdown]
 # ## Step size, float64 and float32
 #
-# L is computed with a relative rounding error of about eps (float64: 2.2e-16, float32: 1.2e-7)
-# times its size, and dividing the difference by 2h magnifies that: the rounding error of the
-# difference is about eps * |L| / h. The total error is roughly
+# $L$ is computed with a relative rounding error of about $\varepsilon$ (the machine epsilon,
+# `np.finfo(dtype).eps`; float64: $2.2 \times 10^{-16}$, float32: $1.2 \times 10^{-7}$) times
+# its size, and dividing the difference by $2h$ magnifies that: the rounding error of the
+# difference is about $\varepsilon |L| / h$. The total error is roughly
 #
-#     c1 * h^2  +  c2 * eps / h        (truncation falls with h, rounding rises)
+# $$ c_1 h^2 + \frac{c_2 \, \varepsilon}{h} \qquad
+#    \text{(truncation falls with } h \text{, rounding rises),} $$
 #
-# smallest where the derivative 2 c1 h - c2 eps / h^2 is zero, at h = (c2 eps / (2 c1))^(1/3):
-# eps^(1/3) (6e-6 in float64, 5e-3 in float32) times a factor set by the function. Let us
-# measure it on conv + batch norm, computed wholly in each type, on 20 sampled entries of x.
+# smallest where its derivative $2 c_1 h - c_2 \varepsilon / h^2$ is zero, at
+# $h^* = (c_2 \varepsilon / (2 c_1))^{1/3}$: $\varepsilon^{1/3}$ ($6 \times 10^{-6}$ in float64,
+# $5 \times 10^{-3}$ in float32) times a factor set by the function. Let us measure it on
+# conv + batch norm, computed wholly in each type, on 20 sampled entries of `x`.
 
 # %%
 sample = rng.choice(x.size, 20, replace=False)
@@ -174,13 +203,13 @@ ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1))
 show(fig, "07_step_size_float32_float64")
 
 # %% [markdown]
-# Both curves follow the same truncation line at large h, and each then turns up along its own
-# rounding line, 4 eps / h: the simple model describes the measurements well. float64 falls to
-# about 1e-10, and at the default h = 1e-6 it is still below 1e-8. float32 turns up three
-# decades earlier and never gets below about 1e-5; at h = 1e-6 its error is tens of percent.
-# Below h ~ 6e-8 an entry of x near 1 does not change at all (x + h rounds to x in float32),
-# the difference is 0 and the error 100%. Hence: check gradients in float64; a float32 check
-# can only be coarse.
+# Both curves follow the same truncation line at large $h$, and each then turns up along its
+# own rounding line, $4 \varepsilon / h$: the simple model describes the measurements well.
+# float64 falls to about $10^{-10}$, and at the default $h = 10^{-6}$ it is still below
+# $10^{-8}$. float32 turns up three decades earlier and never gets below about $10^{-5}$; at
+# $h = 10^{-6}$ its error is tens of percent. Below $h \approx 6 \times 10^{-8}$ an entry of `x`
+# near 1 does not change at all ($x + h$ rounds to $x$ in float32), the difference is 0 and the
+# error 100%. Hence: check gradients in float64; a float32 check can only be coarse.
 
 # %%
 f64, f32 = errors["float64"], errors["float32"]
@@ -195,7 +224,7 @@ print(f"float64 slope for h <= 1e-7: {slope_rounding:.2f}")
 assert abs(slope_rounding + 1) < 0.25
 
 # %% [markdown]
-# With the c1 of the plot and c2 = 4 the formula for the best step predicts the measured
+# With the $c_1$ of the plot and $c_2 = 4$ the formula for the best step predicts the measured
 # minima within a factor of 3:
 
 # %%
@@ -245,9 +274,9 @@ assert complex_err[-1] < 1e-14 < min(centred_err)
 
 # %% [markdown]
 # It works on a whole operation whose code is written with analytic functions only, if the code
-# runs on complex arrays. The softmax across branches, written out (the maximum taken over the
-# real part, which only shifts every logit of a column by the same amount), against
-# `branch_softmax_backward`:
+# runs on complex arrays. The softmax across branches (tutorial 8), written out as in
+# tutorial 2 (the maximum taken over the real part, which only shifts every logit of a column by
+# the same amount), against `branch_softmax_backward`:
 
 
 # %%
@@ -300,23 +329,26 @@ for name, var in [("np.var", variance_conjugated), ("(x - mean)^2", variance_ana
 # %% [markdown]
 # So complex steps suit code written for them. skscratch's pairs check their dtypes and refuse
 # complex arrays, and its forward passes use `max` and comparisons (ReLU, the softmax's shift),
-# which is why its own checks use centred differences in float64 with h = 1e-6: accurate to
-# about 1e-8 relative, and applicable to every pair as it is.
+# which is why its own checks use centred differences in float64 with $h = 10^{-6}$: accurate to
+# about $10^{-8}$ relative, and applicable to every pair as it is.
 
 # %% [markdown]
 # ## Measuring the error
 #
-# `rel_error` divides the largest difference by the largest entry of either gradient:
+# `rel_error` divides the largest difference by the largest entry of either gradient,
+#
+# $$ \text{rel\_error}(a, n) = \frac{\max_i |a_i - n_i|}{\max_i \max(|a_i|, |n_i|)}: $$
 
 # %%
 print(inspect.getsource(rel_error))
 
 # %% [markdown]
-# Why not the usual per-entry |a - n| / max(|a|, |n|)? Because some entries of a correct
-# gradient are zero or nearly so, and there the finite difference is pure rounding noise, of
-# size eps * |L| / h, here a few 1e-9: per entry that is an error of 100%. An example: batch norm
-# with channel 0 of dout constant. The normalised values of a channel sum to 0, so that channel
-# of the output contributes a constant to L, and its true gradient is exactly 0.
+# Why not the usual per-entry $|a_i - n_i| / \max(|a_i|, |n_i|)$? Because some entries of a
+# correct gradient are zero or nearly so, and there the finite difference is pure rounding
+# noise, of size $\varepsilon |L| / h$, here a few $10^{-9}$: per entry that is an error of
+# 100%. An example: batch norm with channel 0 of `dout` constant. The normalised values of a
+# channel sum to 0, so that channel of the output contributes a constant to $L$, and its true
+# gradient is exactly 0.
 
 # %%
 x_bn = rng.normal(size=(4, 3, 3, 3))
@@ -337,15 +369,18 @@ assert per_entry.max() > 0.5 and rel_error(analytic, numeric) < 1e-7
 # Scaling by the largest entry measures the error against the size of the gradient as a
 # whole, which is what matters for learning. Its blind spot: an error confined to entries much
 # smaller than the largest one looks small. (And a gradient that is zero everywhere, like batch
-# norm's with dout = 1, cannot be checked by any relative measure.)
+# norm's with `dout` = 1, cannot be checked by any relative measure.)
 #
 # ## ReLU's kink
 #
-# ReLU has no derivative at 0. If an input lies within h of 0, x - h and x + h fall on
+# ReLU has no derivative at 0. If an input lies within $h$ of 0, $x - h$ and $x + h$ fall on
 # different sides of the kink and the centred difference averages the two slopes:
-# (relu(x + h) - relu(x - h)) / 2h = (x + h) / 2h, anything between 0 and 1. The backward
-# pass, correctly, says 1 or 0 (0 at exactly 0, as PyTorch). The check fails, though nothing
-# is wrong:
+#
+# $$ \frac{\text{relu}(x + h) - \text{relu}(x - h)}{2h} = \frac{x + h}{2h}
+#    \qquad (|x| < h), $$
+#
+# anything between 0 and 1. The backward pass, correctly, says 1 or 0 (0 at exactly 0, as
+# PyTorch). The check fails, though nothing is wrong:
 
 # %%
 h = 1e-6
@@ -356,7 +391,7 @@ print("inputs near 0:", kinked)
 assert kinked["x"] > 1e-3
 
 # %% [markdown]
-# The fix is in the test, not the code: nudge every input away from 0 by more than h (here by
+# The fix is in the test, not the code: nudge every input away from 0 by more than $h$ (here by
 # 0.1, as `skscratch.gradcheck` does for its own ReLU case), and the check passes:
 
 # %%
@@ -366,28 +401,37 @@ print("inputs nudged:", nudged)
 assert nudged["x"] < 1e-6
 
 # %% [markdown]
-# In a network random activations rarely land within 1e-6 of 0, but with thousands of them a
-# rare failure of a whole-network check is to be expected; look at which entries fail before
+# In a network random activations rarely land within $10^{-6}$ of 0, but with thousands of them
+# a rare failure of a whole-network check is to be expected; look at which entries fail before
 # looking for a bug.
 #
 # ## A gallery of planted bugs
 #
-# Each of these is a plausible mistake, written as a separate, clearly named broken backward
-# pass and checked against the correct forward pass. Each must fail (error > 1e-3) where the
-# package's passes (< 1e-6).
+# Each of these is a plausible mistake, planted in a separate, clearly named broken backward
+# pass and checked against the correct forward pass. Each broken pass is built around the
+# package's correct one, so that the planted mistake is the only difference. Each must fail
+# (error $> 10^{-3}$) where the package's passes ($< 10^{-6}$).
 #
 # ### 1. Batch norm without the mean term
 #
-# dx = istd * (dxhat - xhat * mean(dxhat * xhat)), forgetting that moving x moves mu.
+# With $\hat{x}$ the normalised input, $\sigma^{-1} = 1/\sqrt{\operatorname{var} + \epsilon}$
+# and $d\hat{x} = \gamma \, \partial L/\partial \text{out}$, tutorial 6 derived (means over the
+# batch and the plane, per channel)
+#
+# $$ dx = \sigma^{-1} \big( d\hat{x} - \operatorname{mean}(d\hat{x})
+#         - \hat{x} \operatorname{mean}(d\hat{x} \, \hat{x}) \big). $$
+#
+# The bug leaves out the middle term, $-\operatorname{mean}(d\hat{x})$, forgetting that moving
+# $x$ moves $\mu$. The broken pass adds back to the correct $dx$ what that term takes away.
 
 
 # %%
 def batchnorm_backward_without_mean_term(dout, cache):
     """BROKEN on purpose: the mean term -mean(dxhat) is missing."""
-    _, dgamma, dbeta = batchnorm_backward(dout, cache)
+    dx, dgamma, dbeta = batchnorm_backward(dout, cache)
     dxhat = dout * cache.gamma[None, :, None, None]
-    var_term = cache.xhat * (dxhat * cache.xhat).mean(axis=(0, 2, 3), keepdims=True)
-    return (dxhat - var_term) * cache.inv_std[None, :, None, None], dgamma, dbeta
+    mean_term = dxhat.mean(axis=(0, 2, 3), keepdims=True) * cache.inv_std[None, :, None, None]
+    return dx + mean_term, dgamma, dbeta
 
 
 bn_inputs = {"x": x_bn, "gamma": g_bn, "beta": b_bn}
@@ -402,7 +446,7 @@ gallery["batch norm, no mean term"] = (
 print(gallery["batch norm, no mean term"])
 
 # %% [markdown]
-# The check names the culprit: dgamma and dbeta are still right, only x fails.
+# The check names the culprit: `dgamma` and `dbeta` are still right, only `x` fails.
 
 # %%
 broken_bn = gallery["batch norm, no mean term"][0]
@@ -411,75 +455,75 @@ assert broken_bn["x"] > 1e-3 and broken_bn["gamma"] < 1e-6 and broken_bn["beta"]
 # %% [markdown]
 # ### 2. col2im that overwrites instead of adding
 #
-# The convolution's dx scatters the column gradients back to the pixels they were read from
-# (col2im). With overlapping windows a pixel was read by several columns, and its gradient is
-# the *sum* of theirs, hence the `+=` in `skscratch.im2col.col2im`:
+# `im2col` (tutorial 3) only copies pixels: column entry $(c, i, j, \ell)$ of an image is the
+# pixel that tap $(i, j)$ of window $\ell$ reads. Its backward pass, `col2im`, therefore sends
+# each column entry's gradient back to the pixel it was read from, and the convolution's
+# $dx$ is `col2im` of the columns' gradient. With overlapping windows a pixel $p$ was read by
+# several columns, and its gradient is the *sum* of theirs:
+#
+# $$ dx_{n,c,p} = \sum_{(i, j, \ell):\ \text{tap } (i, j) \text{ of window } \ell
+#    \text{ reads } p} d\text{cols}_{n, (c, i, j), \ell}. $$
+#
+# The broken copy lets the last kernel tap to reach a pixel overwrite what the taps before it
+# left there. It is built from `col2im` itself: one tap at a time (a single tap of the windows
+# reads every pixel at most once, so for it a sum is a copy), each tap writing over the pixels
+# it reaches.
+
 
 # %%
-print(inspect.getsource(col2im))
+def col2im_overwrite(cols, x_shape, kh, kw, **options):
+    """BROKEN on purpose: where windows overlap, the last tap to reach a pixel wins."""
+    n, c = x_shape[:2]
+    taps = cols.reshape(n, c, kh * kw, -1)  # (N, C, KH*KW, L): rows ordered (c, i, j)
+    dx = np.zeros(x_shape, dtype=cols.dtype)
+    for t in range(kh * kw):
+        one_tap, reached = np.zeros_like(taps), np.zeros_like(taps)
+        one_tap[:, :, t], reached[:, :, t] = taps[:, :, t], 1.0
+        written = col2im(one_tap.reshape(cols.shape), x_shape, kh, kw, **options)
+        mask = col2im(reached.reshape(cols.shape), x_shape, kh, kw, **options) > 0
+        dx = np.where(mask, written, dx)
+    return dx
 
 
 # %% [markdown]
-# The broken copy writes `=`, so the last window to touch a pixel wins; and a conv backward
-# that takes its scatter as an argument, so the same code runs with either:
+# To check a scatter, pair it with its forward pass, `im2col`; the cache is what the scatter
+# needs to know. The same pair runs with either scatter:
 
 
 # %%
-def col2im_overwrite(cols, x_shape, kh, kw, *, stride, padding, dilation):
-    """BROKEN on purpose: col2im with `=` where it needs `+=`."""
-    n, c, h, wd = x_shape
-    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    ho, wo = conv_output_size(h, kh, sh, ph, dh), conv_output_size(wd, kw, sw, pw, dw)
-    cols = cols.reshape(n, c, kh, kw, ho, wo)
-    dx_pad = np.zeros((n, c, h + 2 * ph, wd + 2 * pw))
-    for i in range(kh):
-        for j in range(kw):
-            y0, x0 = i * dh, j * dw
-            dx_pad[:, :, y0 : y0 + sh * ho : sh, x0 : x0 + sw * wo : sw] = cols[:, :, i, j]
-    return dx_pad[:, :, ph : ph + h, pw : pw + wd]
+def im2col_pair(x, *, kh, kw, stride=1, padding=0):
+    """im2col as a forward/backward pair's forward: (cols, cache)."""
+    return im2col(x, kh, kw, stride=stride, padding=padding), (x.shape, kh, kw, stride, padding)
 
 
-def conv2d_backward_with(scatter):
-    """A conv backward whose dx goes through `scatter` (a col2im); dw and db the package's."""
+def im2col_backward_with(scatter):
+    """The pair's backward: the columns' gradient through `scatter` (a col2im)."""
 
-    def backward(dout, cache):
-        _, dw, db = conv2d_backward(dout, cache)
-        n, c_in = cache.x.shape[:2]
-        c_out, c_in_g, kh, kw = cache.w.shape
-        g = cache.groups
-        dout_g = dout.reshape(n, g, c_out // g, -1)  # (N, G, C_out/G, L)
-        w_g = cache.w.reshape(g, c_out // g, c_in_g * kh * kw)  # (G, C_out/G, K)
-        dcols = np.matmul(w_g.transpose(0, 2, 1), dout_g)  # (N, G, K, L)
-        dcols = dcols.reshape(n, c_in * kh * kw, -1)  # (N, C_in*KH*KW, L)
-        options = dict(stride=cache.stride, padding=cache.padding, dilation=cache.dilation)
-        return scatter(dcols, cache.x.shape, kh, kw, **options), dw, db
+    def backward(dcols, cache):
+        x_shape, kh, kw, stride, padding = cache
+        return scatter(dcols, x_shape, kh, kw, stride=stride, padding=padding)
 
     return backward
 
 
-x_conv, w_conv = rng.normal(size=(2, 2, 6, 6)), rng.normal(size=(3, 2, 3, 3))
-conv_inputs = {"x": x_conv, "w": w_conv}
-overlapping = {"padding": 1}  # 3x3 windows, stride 1: every pixel is read up to 9 times
+x_conv = rng.normal(size=(2, 2, 6, 6))
+overlapping = {"kh": 3, "kw": 3, "padding": 1}  # 3x3 windows, stride 1: pixels read up to 9 times
 gallery["col2im overwrites"] = (
     check_gradients(
-        conv2d_forward, conv2d_backward_with(col2im_overwrite), conv_inputs, fixed=overlapping
+        im2col_pair, im2col_backward_with(col2im_overwrite), {"x": x_conv}, fixed=overlapping
     ),
-    check_gradients(conv2d_forward, conv2d_backward_with(col2im), conv_inputs, fixed=overlapping),
+    check_gradients(im2col_pair, im2col_backward_with(col2im), {"x": x_conv}, fixed=overlapping),
 )
 print(gallery["col2im overwrites"])
 
 # %% [markdown]
 # A test with non-overlapping windows would miss this bug: with a 2x2 kernel and stride 2 each
-# pixel is read once, and `=` and `+=` agree. Test cases must include overlap.
+# pixel is read once, and overwriting and adding agree. Test cases must include overlap.
 
 # %%
-disjoint = {"stride": 2}
-w_2x2 = rng.normal(size=(3, 2, 2, 2))
+disjoint = {"kh": 2, "kw": 2, "stride": 2}
 missed = check_gradients(
-    conv2d_forward,
-    conv2d_backward_with(col2im_overwrite),
-    {"x": x_conv, "w": w_2x2},
-    fixed=disjoint,
+    im2col_pair, im2col_backward_with(col2im_overwrite), {"x": x_conv}, fixed=disjoint
 )
 print("2x2 windows, stride 2:", missed)
 assert missed["x"] < 1e-6
@@ -487,16 +531,22 @@ assert missed["x"] < 1e-6
 # %% [markdown]
 # ### 3. Branch softmax summed over the wrong axis
 #
-# The SK unit's attention is a softmax over the M branches, axis 1 of (N, M, C), and its
-# backward is dz = a * (da - sum_m da * a), the sum over that same axis. Summing over the
-# channels (axis 2) instead still broadcasts, so nothing complains:
+# The SK unit's attention is a softmax over the $M$ branches, axis 1 of (N, M, C), and its
+# backward is
+#
+# $$ \frac{\partial L}{\partial z_m} = a_m \Big( \frac{\partial L}{\partial a_m}
+#    - \sum_k \frac{\partial L}{\partial a_k} a_k \Big), $$
+#
+# the sum over that same axis (tutorial 8 derives it). Summing over the channels (axis 2)
+# instead still broadcasts, so nothing complains. The broken pass hands the package's backward
+# its arrays with the branch and channel axes swapped, so that its sum runs over the channels:
 
 
 # %%
 def branch_softmax_backward_wrong_axis(da, cache):
     """BROKEN on purpose: the sum over branches taken over channels (axis 2) instead."""
-    a = cache.a
-    return a * (da - (da * a).sum(axis=2, keepdims=True))
+    swapped = cache._replace(a=cache.a.swapaxes(1, 2))  # (N, C, M)
+    return branch_softmax_backward(da.swapaxes(1, 2), swapped).swapaxes(1, 2)
 
 
 softmax_inputs = {"logits": rng.normal(size=(3, 2, 5))}  # (N, M, C)
@@ -509,11 +559,11 @@ print(gallery["softmax, wrong axis"])
 # %% [markdown]
 # ### 4. A grouped weight with its in and out channels swapped
 #
-# A grouped conv weight (C_out, C_in/G, KH, KW) holds, for each group g, a
-# (C_out/G, C_in/G, KH, KW) block. Mixing up which axis is "in" and which is "out" inside the
-# group swaps those two axes. When C_in/G == C_out/G, the swapped weight has exactly the
-# original shape, every reshape and product still fits, and only a gradient check can tell.
-# Here C_in = C_out = 4 and G = 2, so both are 2 per group:
+# A grouped conv weight `(C_out, C_in/G, KH, KW)` holds, for each group $g$, a
+# `(C_out/G, C_in/G, KH, KW)` block. Mixing up which axis is "in" and which is "out" inside the
+# group swaps those two axes. When $C_\text{in}/G = C_\text{out}/G$, the swapped weight has
+# exactly the original shape, every reshape and product still fits, and only a gradient check
+# can tell. Here $C_\text{in} = C_\text{out} = 4$ and $G = 2$, so both are 2 per group:
 
 
 # %%
@@ -541,8 +591,8 @@ print(gallery["grouped weight swapped"])
 # %% [markdown]
 # ### The verdict
 #
-# In every case the broken backward fails on x (the gradient it gets wrong) by far more than
-# 1e-3, while the package's passes every input below 1e-6:
+# In every case the broken backward fails on its input (the gradient it gets wrong) by far more
+# than $10^{-3}$, while the package's passes every input below $10^{-6}$:
 
 # %%
 print(f"{'planted bug':28} {'broken dx':>10} {'package (worst input)':>22}")
@@ -553,11 +603,92 @@ for name, (broken, package) in gallery.items():
     assert max(package.values()) < 1e-6
 
 # %% [markdown]
+# ### Your turn: gradient checking (assignment exercise `gradient_checking`)
+#
+# In a student copy (`python -m skscratch assignment make`), the bodies of `centred_difference`,
+# `best_float32_step`, `find_the_planted_bug` and `relu_kink_entries` in
+# `skscratch/exercises/gradient_checking.py` are yours to write, from this chapter: the centred
+# difference of a scalar function, the best float32 step among a few, a planted bug found by a
+# gradient check, and the entries a ReLU check misjudges. Put every perturbed entry back before
+# the next, and in `best_float32_step` keep every number in float32, or the rounding this
+# chapter measured disappears. The cell below runs the exercise's visible checks on them.
+
+# %%
+assert check("gradient_checking") == 0, "exercise gradient_checking: see the failures above"
+
+# %% [markdown]
 # ## Summary
 #
-# - Centred differences, error O(h^2); one-sided ones are O(h).
-# - Truncation falls and rounding rises as h shrinks: in float64 h = 1e-6 gives below 1e-8;
-#   float32 cannot do better than about 1e-5, so check in float64.
-# - Weight the output by a random dout, and measure the error relative to the largest entry.
-# - Keep inputs away from kinks (ReLU at 0) by more than h.
-# - Plant a bug to see that a check can fail: a check that cannot fail proves nothing.
+# - Check $\partial L/\partial x$ for $L = \sum_i f(x)_i g_i$ with a random $g$: conv + batch
+#   norm agrees with its finite differences to better than $10^{-8}$.
+# - Centred differences have error $O(h^2)$, one-sided ones $O(h)$: the measured slopes were
+#   2 and 1 (within 0.2).
+# - Truncation falls and rounding rises as $h$ shrinks, and the best step is about
+#   $(c_2 \varepsilon / 2 c_1)^{1/3}$ (predicted within a factor of 3). In float64
+#   $h = 10^{-6}$ gives below $10^{-8}$ and the best step below $10^{-9}$; float32 never gets
+#   below $10^{-6}$ and is off by more than 1% at $h = 10^{-6}$: check in float64.
+# - The complex step $\operatorname{Im} f(x + ih)/h$ has no subtraction: with $h = 10^{-20}$
+#   it is exact to $10^{-14}$, but only for analytic code (`np.var` of a complex array silently
+#   gives 0).
+# - Measure the error relative to the largest entry (`rel_error`): per entry, a correct batch
+#   norm gradient looked more than 50% wrong, while `rel_error` was below $10^{-7}$.
+# - Keep inputs away from kinks by more than $h$: ReLU inputs within $h$ of 0 fail the check
+#   ($> 10^{-3}$), nudged ones pass ($< 10^{-6}$).
+# - Plant a bug to see that a check can fail: each of the four planted bugs failed by more
+#   than $10^{-3}$, and the overwriting `col2im` only where windows overlap. A check that
+#   cannot fail proves nothing.
+#
+# ## Exercises
+#
+# 1. For $f(x) = x^3$ at $x = 2$ with $h = 0.1$, work out from the Taylor series (by hand: for
+#    a cubic it stops after the third derivative) the error of the one-sided and of the centred
+#    difference.
+
+# %%
+# BEGIN SOLUTION
+one_sided_error = 0.1 / 2 * 12 + 0.1**2 / 6 * 6  # h f''/2 + h^2 f'''/6, f'' = 6x, f''' = 6
+centred_error = 0.1**2 / 6 * 6  # h^2 f'''/6: the even terms cancel
+# END SOLUTION
+assert math.isclose((2.1**3 - 2**3) / 0.1 - 12, one_sided_error, rel_tol=1e-9)
+assert math.isclose((2.1**3 - 1.9**3) / 0.2 - 12, centred_error, rel_tol=1e-9)
+
+# %% [markdown]
+# 2. With $h = 10^{-6}$, what does the centred difference report for ReLU at the inputs
+#    $x = (0.3, -0.5, 0.8, -0.2, 0, 0.6) \cdot h$, the ones planted in `x_relu` above?
+
+# %%
+# BEGIN SOLUTION
+kink_values = (np.array([0.3, -0.5, 0.8, -0.2, 0.0, 0.6]) + 1) / 2  # (x + h) / 2h
+# END SOLUTION
+near_zero = np.array([0.3, -0.5, 0.8, -0.2, 0.0, 0.6]) * 1e-6
+reported = numerical_gradient(lambda v: relu_forward(v)[0], near_zero, np.ones(6), h=1e-6)
+np.testing.assert_allclose(kink_values, reported, rtol=1e-6)
+
+# %% [markdown]
+# 3. float16 has $\varepsilon = 2^{-10}$. With this chapter's error model
+#    $c_1 h^2 + c_2 \varepsilon / h$, the measured `c1` and $c_2 = 4$, what step size is best
+#    for a float16 check?
+
+# %%
+# BEGIN SOLUTION
+h_float16 = (4 * 2.0**-10 / (2 * c1)) ** (1 / 3)
+# END SOLUTION
+grid = np.logspace(-8, 1, 90001)
+model = c1 * grid**2 + 4 * float(np.finfo(np.float16).eps) / grid
+assert abs(math.log10(grid[model.argmin()]) - math.log10(h_float16)) < 1e-3
+
+# %% [markdown]
+# 4. The log-sum-exp over the branches, $L(z) = \sum_{n,c} \log \sum_m e^{z_{nmc}}$, has the
+#    softmax across branches as its gradient. Compute that gradient at `z` (above) with complex
+#    steps of $h = 10^{-20}$.
+
+# %%
+# BEGIN SOLUTION
+lse_grad = np.empty_like(z)
+for i in range(z.size):
+    zc = z.astype(complex)
+    zc.flat[i] += 1e-20j
+    lse_grad.flat[i] = np.log(np.exp(zc).sum(axis=1)).sum().imag / 1e-20
+# END SOLUTION
+softmax_over_branches = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+np.testing.assert_allclose(lse_grad, softmax_over_branches, rtol=1e-13)

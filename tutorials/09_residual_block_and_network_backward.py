@@ -8,21 +8,78 @@
 #   steps of training;
 # - follow what a `Module` does in a network's forward and backward: caches kept, handed over
 #   once, gradients stored;
+# - derive the backward pass of the global average pooling at the network's end;
 # - check a whole network's gradients against finite differences.
 #
-# **Prerequisites.** Tutorial 1 (gradients add where a value is used twice), tutorials on
-# convolution, batch norm and the SK unit.
+# **Prerequisites.** Tutorial 1 (gradients add where a value is used twice), tutorial 2 (the
+# fully connected layer), tutorials 5, 6 and 8 (convolution, batch norm and the SK unit).
 #
 # **Time.** About 30 minutes.
 
 # %%
 import numpy as np
 
-from skscratch.gradcheck import rel_error
+from skscratch.assignment.student import check
+from skscratch.gradcheck import numerical_gradient, rel_error
 from skscratch.models import SKBottleneck, SKNetConfig, SKResNeXt
 from skscratch.nn import Module
+from skscratch.plots import pyplot, show
+from skscratch.pooling import global_avg_pool_backward, global_avg_pool_forward
 
 rng = np.random.default_rng(0)
+
+# %% [markdown]
+# ## Where the network's backward starts
+#
+# The network ends as tutorial 2 described: the last block's output $x$, of shape
+# $(N, C, H, W)$, is averaged over each channel's plane, and a fully connected layer maps the
+# $C$ averages to the logits,
+#
+# $$ s_{nc} = \frac{1}{HW} \sum_{i=1}^{H} \sum_{j=1}^{W} x_{ncij}, \qquad
+#    \text{logits} = s W^\top + b. $$
+#
+# Its backward starts with the loss's gradient of the logits, passes it back through the FC
+# layer (tutorial 1's $\partial L/\partial s = \delta W$), then through the pooling. Each
+# $s_{nc}$ depends on the $HW$ pixels of its own plane only, each with weight $1/(HW)$:
+#
+# $$ \frac{\partial s_{n'c'}}{\partial x_{ncij}} = \frac{[n' = n]\,[c' = c]}{HW}
+#    \quad\Rightarrow\quad
+#    \frac{\partial L}{\partial x_{ncij}} = \sum_{n', c'}
+#    \frac{\partial L}{\partial s_{n'c'}} \frac{\partial s_{n'c'}}{\partial x_{ncij}}
+#    = \frac{1}{HW} \frac{\partial L}{\partial s_{nc}}. $$
+#
+# Every pixel of a plane receives the same share of its channel's gradient, $1/(HW)$ of it,
+# whatever its value: the backward spreads $\partial L/\partial s$ evenly over the plane, and
+# the shares of a plane add up to $\partial L/\partial s_{nc}$ again. From there the gradient
+# enters the last block through its final ReLU (tutorial 1's mask $[z > 0]$).
+#
+# ### Your turn: ReLU, pool and FC backward (assignment exercise `relu_pool_fc`)
+#
+# In a student copy (`python -m skscratch assignment make`), the bodies of `relu_backward` in
+# `skscratch/activations.py`, `global_avg_pool_backward` in `skscratch/pooling.py` and
+# `linear_backward` in `skscratch/linear.py` are yours to write, from the formulas above and
+# tutorial 1's. Keep the gradients' shapes and dtypes those of the forward inputs (the pool's
+# is $(N, C, H, W)$ from an $(N, C)$ gradient), and let ReLU pass nothing where its output was
+# 0. The cell below runs the exercise's visible checks on them; the rest of the chapter uses
+# your functions.
+
+# %%
+assert check("relu_pool_fc") == 0, "exercise relu_pool_fc: see the failures above"
+
+# %% [markdown]
+# On a small input, the pool's gradient is constant over each plane, its plane sums give back
+# $\partial L / \partial s$, and finite differences of the forward pass agree:
+
+# %%
+xp = rng.standard_normal((2, 3, 4, 5))
+sp, pool_cache = global_avg_pool_forward(xp)  # (N, C) = (2, 3)
+dsp = rng.standard_normal(sp.shape)
+dxp = global_avg_pool_backward(dsp, pool_cache)  # (N, C, H, W) = (2, 3, 4, 5)
+assert dxp.shape == xp.shape and np.ptp(dxp, axis=(2, 3)).max() == 0
+np.testing.assert_allclose(dxp.sum(axis=(2, 3)), dsp, rtol=1e-12)
+numeric = numerical_gradient(lambda v: global_avg_pool_forward(v)[0], xp, dsp)
+assert rel_error(dxp, numeric) < 1e-8
+print(f"pixel gradient of plane (0, 0): {dxp[0, 0, 0, 0]:.4f} = {dsp[0, 0]:.4f} / 20")
 
 # %% [markdown]
 # ## The block
@@ -96,6 +153,68 @@ print("with gamma_3 = 0 only bn3's parameters get a gradient:",
 # the README records how much faster it learns).
 
 # %% [markdown]
+# ## Through a stack of blocks
+#
+# How the gradient's scale changes on its way down sixteen blocks, measured as
+# $\lVert \partial L / \partial x_k \rVert / \lVert \partial L / \partial y \rVert$ at the input
+# $x_k$ of each block, counted from the top. Three stacks of blocks of one shape: without the
+# shortcut ($y = \operatorname{ReLU}(F(x))$, a plain network), with it, and with it and
+# $\gamma_3 = 0$. Through the shortcut the gradient arrives whole at every block, and each
+# residual path only adds its own term to it; without it, each block's Jacobian multiplies the
+# gradient, and the products drift by orders of magnitude. With $\gamma_3 = 0$ the residual
+# terms are 0 and, past the first ReLU mask, the gradient passes unchanged.
+
+
+# %%
+def gradient_norms(stack, shortcut):
+    """Forward through the blocks' residual paths by hand; the gradient's norm at each input."""
+    h, masks = x, []
+    for blk in stack:
+        f = h
+        for name in residual:
+            f = blk.children[name].forward(f)
+        before_relu = f + h if shortcut else f
+        masks.append(before_relu > 0)
+        h = np.maximum(before_relu, 0)
+    d, norms = dy, [np.linalg.norm(dy)]
+    for blk, mask in zip(reversed(stack), reversed(masks), strict=True):
+        delta = d * mask  # through the final ReLU
+        d = delta
+        for name in reversed(residual):
+            d = blk.children[name].backward(d)
+        if shortcut:
+            d = d + delta  # the two paths join: their gradients add
+        norms.append(np.linalg.norm(d))
+    return np.array(norms) / norms[0]
+
+
+def new_stack(zero_init, depth=16):
+    return [SKBottleneck(8, 4, 8, groups=2, r=2, L=4, zero_init_residual=zero_init, rng=rng)
+            .astype(np.float64) for _ in range(depth)]  # fmt: skip
+
+
+stack = new_stack(zero_init=False)
+curves = {
+    "no shortcut": gradient_norms(stack, shortcut=False),
+    "shortcut": gradient_norms(stack, shortcut=True),
+    "shortcut, gamma_3 = 0": gradient_norms(new_stack(zero_init=True), shortcut=True),
+}
+plt = pyplot()
+fig, ax = plt.subplots(figsize=(6, 3.4))
+for name, curve in curves.items():
+    ax.semilogy(curve, "o-", ms=3, label=name.replace("gamma_3", "$\\gamma_3$"))
+ax.set(xlabel="blocks passed, from the top", ylabel="|dL/dx_k| / |dL/dy|",
+       title="The gradient's scale through 16 blocks")  # fmt: skip
+ax.legend()
+fig.tight_layout()
+show(fig, "09_gradient_through_blocks")
+print({name: f"{curve[-1]:.3g}" for name, curve in curves.items()})
+assert curves["shortcut"].max() < 100 < 1000 < curves["no shortcut"][-1]
+assert curves["no shortcut"][-1] > 100 * curves["shortcut"][-1]
+zero_init = curves["shortcut, gamma_3 = 0"]
+np.testing.assert_allclose(zero_init[2:], zero_init[1])  # the same after the first mask
+
+# %% [markdown]
 # ## What a Module does
 #
 # A `Module` runs its pair and keeps the cache (`forward`), hands that cache to the backward
@@ -149,8 +268,15 @@ assert errors[worst] < 1e-5
 #   and the identity shortcut passes the gradient on unchanged.
 # - A zero last-BN scale makes a block start as its shortcut: the residual path gets no
 #   gradient until that scale moves, which helps deep networks and slows shallow ones.
+# - Through a stack of 16 blocks, the shortcut keeps the gradient's scale within a factor of 100
+#   where the plain stack's grows more than 1000-fold (here about $10^4$); with $\gamma_3 = 0$
+#   the gradient passes unchanged past the first ReLU mask.
+# - The network's backward starts at the FC layer and the global average pooling, which gives
+#   every pixel $1/(HW)$ of its channel's gradient.
 # - Modules only do bookkeeping: caches in forward, handed over once in backward, gradients in
 #   `p.grad`; the mathematics is in the pairs.
+# - A whole small network's gradients agree with finite differences to a relative error below
+#   $10^{-5}$, parameter by parameter.
 #
 # ## Exercises
 #
@@ -176,3 +302,31 @@ with_cache = sum(1 for _, m in net.named_modules() if not m.children)
 net.forward(images)
 assert with_cache == sum(1 for _, m in net.named_modules() if m._cache is not None)
 net.backward(np.zeros_like(logits))
+
+# %% [markdown]
+# 3. A fresh block whose shape changes, `SKBottleneck(8, 4, 16, stride=2, ...)`, has a projection
+#    shortcut (a strided 1x1 convolution, `shortcut.0`, and a batch norm, `shortcut.1`) and
+#    starts with $\gamma_3 = 0$. Which of its parameters get a non-zero gradient from its first
+#    backward pass? Give their names as a set.
+
+# %%
+# BEGIN SOLUTION
+moving = {"bn3.weight", "bn3.bias", "shortcut.0.weight", "shortcut.1.weight", "shortcut.1.bias"}
+# END SOLUTION
+strided = SKBottleneck(8, 4, 16, stride=2, groups=2, r=2, L=4, rng=rng).astype(np.float64)
+strided.forward(x)
+strided.backward(rng.standard_normal((4, 16, 3, 3)))
+assert moving == {name for name, p in strided.named_parameters() if np.abs(p.grad).max() > 0}
+
+# %% [markdown]
+# 4. The default network pools a $4 \times 4$ plane per channel. If the loss's gradient of one
+#    channel's average is 1, what gradient does each of that plane's pixels receive? Work it
+#    out by hand.
+
+# %%
+# BEGIN SOLUTION
+per_pixel = 1 / 16
+# END SOLUTION
+plane = rng.standard_normal((1, 1, 4, 4))
+numeric = numerical_gradient(lambda v: global_avg_pool_forward(v)[0], plane, np.ones((1, 1)))
+np.testing.assert_allclose(numeric, np.full((1, 1, 4, 4), per_pixel), rtol=1e-6)

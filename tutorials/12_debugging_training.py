@@ -17,10 +17,9 @@
 # %%
 import numpy as np
 
-from skscratch.activations import relu_forward
 from skscratch.losses import softmax_cross_entropy
 from skscratch.models import SKNetConfig, SKResNeXt
-from skscratch.nn import ReLU
+from skscratch.nn import Linear, ReLU
 from skscratch.optim import SGD
 from skscratch.plots import pyplot, show
 
@@ -49,20 +48,26 @@ y = rng.integers(0, 10, 16)
 
 def overfit(model, steps=60, lr=0.05):
     optimizer = SGD(model, lr=lr, momentum=0.9, weight_decay=0.0)
-    losses, stats = [], []
+    losses, stats, acts = [], [], []
     for _ in range(steps):
-        logits = model.forward(x)
+        logits, act = forward_recording(model, x)
         loss, dlogits = softmax_cross_entropy(logits, y)
         model.backward(dlogits, input_grad=False)
         before = {name: p.data.copy() for name, p in model.named_parameters()}
         optimizer.step()
         stats.append(layer_stats(model, before))
+        acts.append(act)
         losses.append(loss)
-    return np.array(losses), stats
+    return np.array(losses), stats, acts
 
 
 # %% [markdown]
 # ## What to record
+#
+# For the output $a$ of the stem and of every block, in each forward pass:
+#
+# - its spread (standard deviation), which should stay of order 1;
+# - the fraction of its entries that are exactly 0 (ReLUs that let nothing through).
 #
 # For every parameter tensor $w$ with gradient $g$ and update $\Delta w$ (after the step):
 #
@@ -74,6 +79,17 @@ def overfit(model, steps=60, lr=0.05):
 
 
 # %%
+def forward_recording(model, x):
+    """model.forward(x), one block at a time: also returns {layer: (spread, fraction of 0)}."""
+    h = model.children["stem"].forward(x)
+    act = {"stem": (float(h.std()), float(np.mean(h == 0)))}
+    for i, stage in model.children["stages"].children.items():
+        for j, block in stage.children.items():
+            h = block.forward(h)
+            act[f"stages.{i}.{j}"] = (float(h.std()), float(np.mean(h == 0)))
+    return model.children["fc"].forward(model.children["pool"].forward(h)), act
+
+
 def layer_stats(model, before):
     out = {}
     for name, p in model.named_parameters():
@@ -84,7 +100,9 @@ def layer_stats(model, before):
     return out
 
 
-losses, stats = overfit(new_model())
+model = new_model()
+np.testing.assert_array_equal(forward_recording(model, x)[0], model.forward(x))  # the same pass
+losses, stats, acts = overfit(new_model())
 print(f"loss {losses[0]:.3f} -> {losses[-1]:.4f} in {len(losses)} steps")
 assert losses[-1] < 0.05 * losses[0]
 
@@ -116,7 +134,7 @@ def with_broken_relus(model):
     return model
 
 
-broken_losses, broken_stats = overfit(with_broken_relus(new_model()))
+broken_losses, broken_stats, broken_acts = overfit(with_broken_relus(new_model()))
 print(f"broken ReLU: loss {broken_losses[0]:.3f} -> {broken_losses[-1]:.4f}")
 assert broken_losses[-1] < 0.05 * broken_losses[0]  # it memorises the batch all the same
 
@@ -158,8 +176,8 @@ assert good < 1e-5 and bad > 1e-2
 # less, and the batch is memorised much more slowly.
 
 # %%
-slow_losses, slow_stats = overfit(new_model(), lr=0.005)
-names = list(stats[0])
+slow_losses, slow_stats, _ = overfit(new_model(), lr=0.005)
+names = list(stats[0])  # the weight tensors, from the stem to the FC layer
 fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
 axes[0].semilogy(losses, label="lr 0.05")
 axes[0].semilogy(slow_losses, label="lr 0.005")
@@ -175,26 +193,70 @@ show(fig, "12_overfit_and_ratios")
 first = {lr: np.median([r for _, r in run[0].values()]) for lr, run in
          [(0.05, stats), (0.005, slow_stats)]}  # fmt: skip
 print({lr: f"{v:.1e}" for lr, v in first.items()}, "median ratio in the first step")
-assert 5 < first[0.05] / first[0.005] < 20
+assert 1e-3 < first[0.05] < 1e-2 and 5 < first[0.05] / first[0.005] < 20
 assert slow_losses[-1] > 10 * losses[-1]
 
 # %% [markdown]
-# ## Activations: a quick look at scale
+# ## Activations, layer by layer
 #
-# The spread of each stage's output should stay of order 1 through a freshly initialised
-# network (batch norm and Kaiming initialisation see to it). A stage whose output is all zero
-# (dead ReLUs) or grows by orders of magnitude is the next thing to look at.
+# The spread of each layer's output should stay of order 1 through a freshly initialised
+# network (batch norm and Kaiming initialisation see to it), and about half of each output is 0
+# after its ReLU. A layer whose output is all zero (dead ReLUs) or grows by orders of magnitude
+# is the next thing to look at. `overfit` recorded both for every step; in the first:
 
 # %%
-model = new_model()
-h = x
-spreads = {}
-for name in ("stem", "stages"):
-    h = model.children[name].forward(h)
-    spreads[name] = float(h.std())
-dead = float(np.mean(relu_forward(h)[0] == 0))
-print({k: f"{v:.2f}" for k, v in spreads.items()}, f"zeros after the last stage: {dead:.0%}")
+spreads = {layer: spread for layer, (spread, _) in acts[0].items()}
+zeros = {layer: zero for layer, (_, zero) in acts[0].items()}
+print({k: f"{v:.2f}" for k, v in spreads.items()}, "spread")
+print({k: f"{v:.0%}" for k, v in zeros.items()}, "zeros")
 assert all(0.1 < v < 10 for v in spreads.values())
+assert all(0.3 < v < 0.7 for v in zeros.values())
+
+# %% [markdown]
+# ## What the broken backward looks like in these statistics
+#
+# The correct and the broken network start from the same weights and see the same batch, so
+# their first steps can be compared tensor by tensor. Their activations are the same (the
+# forward pass is right) and stay close while they train. Their gradients are not: the FC
+# layer lies above every broken ReLU and gets the same gradient, but below the last block's
+# ReLU every gradient is too large, by a factor that grows with depth (each broken ReLU lets
+# through the half of the gradient it should block, and the excess compounds block by block),
+# to about 3 at the stem. The update/weight ratios follow: in the first step the median is
+# more than twice the correct network's. A real bug has no correct twin to divide by, and the
+# gradient check is what confirms it; what these plots show is where to suspect one: gradients
+# and updates larger than the learning rate explains, more so towards the input, while the
+# activations look healthy.
+
+# %%
+excess = {n: broken_stats[0][n][0] / stats[0][n][0] for n in names}
+fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+axes[0].plot(list(excess.values()), "o")
+axes[0].axhline(1, color="k", lw=0.8)
+axes[0].set(title="first gradient, broken / correct", xlabel="weight tensor, stem ... FC",
+            ylabel="ratio of norms")  # fmt: skip
+for run, label, style in [(stats, "correct", "-"), (broken_stats, "broken ReLU", "--")]:
+    axes[1].semilogy([np.median([s[n][1] for n in names]) for s in run], style, label=label)
+axes[1].set(title="median update / weight", xlabel="step")
+axes[1].legend(fontsize=8)
+for i, layer in enumerate(acts[0]):
+    color = f"C{i}"
+    axes[2].plot([a[layer][0] for a in acts], "-", color=color, label=layer)
+    axes[2].plot([a[layer][0] for a in broken_acts], "--", color=color)
+axes[2].set(title="spread of each layer's output (dashed: broken)", xlabel="step", ylim=(0, 1.5))
+axes[2].legend(fontsize=8)
+fig.tight_layout()
+show(fig, "12_broken_backward")
+print({n: f"{excess[n]:.2f}" for n in ("stem.0.weight", "stages.2.0.conv3.weight", "fc.weight")})
+assert excess["fc.weight"] == 1 and all(excess[n] > 1 for n in names if n != "fc.weight")
+stage = {i: np.mean([excess[n] for n in names if n.startswith(f"stages.{i}.")]) for i in range(3)}
+assert excess["stem.0.weight"] > stage[0] > stage[1] > stage[2] > 1
+assert 2.5 < excess["stem.0.weight"] < 3.5
+median_update = [np.median([run[0][n][1] for n in names]) for run in (stats, broken_stats)]
+assert median_update[1] > 2 * median_update[0]
+assert acts[0] == broken_acts[0]  # the same forward pass
+drift = max(abs(b[k][0] / a[k][0] - 1) for a, b in zip(acts, broken_acts, strict=True) for k in a)
+print(f"activations: largest relative difference of a spread over the run {drift:.0%}")
+assert drift < 0.5
 
 # %% [markdown]
 # ## Summary
@@ -203,7 +265,14 @@ assert all(0.1 < v < 10 for v in spreads.values())
 #   bugs that stop learning, but not every wrong gradient: some still descend.
 # - Check gradients against finite differences, in float64: that names a wrong backward pass.
 # - Watch per-tensor gradient sizes and update/weight ratios (about $10^{-3}$ per step); they
-#   scale with the learning rate.
+#   scale with the learning rate: ten times smaller, and the first step's median ratio is 5 to
+#   20 times smaller.
+# - Watch each layer's activations: at initialisation their spread stays between 0.1 and 10 and
+#   about half of each ReLU output is 0.
+# - A broken backward leaves the activations healthy (identical at the first step, within 50 %
+#   over the run) and shows in the gradients: with ReLU's mask forgotten they are too large by a
+#   factor that grows with depth, 1 at the FC layer to about 3 at the stem, and the median
+#   update/weight ratio is more than doubled.
 #
 # ## Exercises
 #
@@ -243,3 +312,33 @@ fastest = 0.5
 # END SOLUTION
 final = {lr: overfit(new_model(), steps=30, lr=lr)[0][-1] for lr in (0.005, 0.05, 0.5)}
 assert min(final, key=final.get) == fastest
+
+# %% [markdown]
+# 3. In the first step the correct and the broken network have the same weights and see the
+#    same batch. Which weight tensors get exactly the same gradient in both? Give their names as
+#    a set (think about where in the network the broken ReLUs are).
+
+# %%
+# BEGIN SOLUTION
+unchanged = {"fc.weight"}
+# END SOLUTION
+assert unchanged == {n for n in stats[0] if broken_stats[0][n][0] == stats[0][n][0]}
+
+# %% [markdown]
+# 4. A weight tensor has norm 4 and its gradient norm 2. What update/weight ratio does the first
+#    step of `overfit`'s optimiser give it (learning rate 0.01, Nesterov momentum 0.9, no weight
+#    decay)? On the first step the velocity is the gradient itself. Work it out by hand.
+
+# %%
+# BEGIN SOLUTION
+first_step_ratio = 0.01 * (1 + 0.9) * 2 / 4
+# END SOLUTION
+fc = Linear(3, 2, rng=np.random.default_rng(3))
+weight = fc.params["weight"]
+weight.data = (4 * weight.data / np.linalg.norm(weight.data)).astype(np.float32)
+weight.grad = rng.standard_normal(weight.data.shape).astype(np.float32)
+weight.grad *= 2 / np.linalg.norm(weight.grad)
+fc.params["bias"].grad = np.zeros(2, dtype=np.float32)
+before = {name: p.data.copy() for name, p in fc.named_parameters()}
+SGD(fc, lr=0.01, momentum=0.9, weight_decay=0.0).step()
+assert np.isclose(layer_stats(fc, before)["weight"][1], first_step_ratio, rtol=1e-4)
