@@ -290,6 +290,26 @@ def load_cifar10(
     return _load_from(cache / ARCHIVE_NAME, "downloaded archive")
 
 
+# ------------------------------------------------------------------- the sample in the package
+
+SAMPLE = Path(__file__).with_name("cifar10_sample.npz")
+
+
+class Sample(NamedTuple):
+    x: npt.NDArray[np.uint8]  # (40, 3, 32, 32)
+    y: npt.NDArray[np.int64]  # (40,)
+    label_names: list[str]
+
+
+def load_sample() -> Sample:
+    """40 CIFAR-10 test images, the first four of each class, shipped with skscratch (120 KB):
+    enough for a tutorial that looks at a few images, without the 170 MB archive. They come
+    from the test batch of the JPEG-q75 copy of CIFAR-10 that skscratch's recorded runs used
+    (the file's `index` array says which); x (40, 3, 32, 32) uint8, y (40,) int64."""
+    with np.load(SAMPLE, allow_pickle=False) as f:
+        return Sample(f["x"], f["y"].astype(np.int64), [str(n) for n in f["label_names"]])
+
+
 # ----------------------------------------------------------------------------- preprocessing
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -423,6 +424,36 @@ def test_a_student_copy_is_installable_and_has_no_grader(tmp_path):
     run = _run_in(copy, "-m", "skscratch", "assignment", "grade", ".")
     assert run.returncode == 2
     assert "is for instructors: a student copy has no grader" in run.stderr
+
+
+def test_the_copys_tutorials_run_on_its_functions_and_stop_at_the_first_unwritten(tmp_path):
+    copy = _make(tmp_path, "course")
+    chapters = sorted((ROOT / "tutorials").glob("[0-9][0-9]_*.py"))
+    assert sorted(p.name for p in (copy / "tutorials").iterdir()) == [p.name for p in chapters]
+    for path in chapters:
+        mine = (copy / "tutorials" / path.name).read_text()
+        assert "SOLUTION" not in mine, path.name
+        # Every fenced answer is gone, a line that says where the answer goes in its place.
+        answers = path.read_text().count("# BEGIN SOLUTION")
+        assert mine.count(f"{path.stem}: write your answer to this exercise") == answers
+    assert (
+        "python tutorials/03_convolution_loops_to_im2col.py" in (copy / "ASSIGNMENT.md").read_text()
+    )
+
+    # Nothing written yet: the chapter stops at the first function it needs, naming the exercise.
+    chapter = "tutorials/03_convolution_loops_to_im2col.py"
+    run = _run_in(copy, chapter, SKSCRATCH_FIGURES=str(tmp_path / "figures"))
+    assert run.returncode == 1
+    assert re.search(r"exercise (im2col|conv)\b", run.stdout + run.stderr), run.stderr[-2000:]
+    # Every function written (here: the solutions copied in), it runs to its closing exercises.
+    for module in ("im2col.py", "conv.py"):
+        shutil.copy(PACKAGE / module, copy / "skscratch" / module)
+    run = _run_in(copy, chapter, SKSCRATCH_FIGURES=str(tmp_path / "figures"))
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines()[-1] == (
+        "NotImplementedError: 03_convolution_loops_to_im2col: write your answer to this exercise "
+        "in place of this line"
+    ), run.stderr[-2000:]
 
 
 def test_make_refuses_an_occupied_folder_and_unknown_exercises(tmp_path, capsys):

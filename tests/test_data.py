@@ -36,6 +36,7 @@ from skscratch.data import (
     channel_stats,
     iterate_batches,
     load_cifar10,
+    load_sample,
     normalize,
 )
 
@@ -654,3 +655,21 @@ def test_mismatched_lengths() -> None:
     x, y = indexed_data(4)
     with pytest.raises(ValueError, match="length"):
         iterate_batches(x, y[:3], 2)
+
+
+def test_the_sample_in_the_package_is_four_test_images_of_each_class() -> None:
+    sample = load_sample()
+    assert sample.x.shape == (40, 3, 32, 32) and sample.x.dtype == np.uint8
+    assert sample.y.dtype == np.int64
+    np.testing.assert_array_equal(np.bincount(sample.y, minlength=10), 4)
+    assert sample.label_names == LABEL_NAMES
+    assert sample.x.std() > 30  # images, not a constant
+
+
+@pytest.mark.skipif(not SHARED_ARCHIVE.exists(), reason=f"shared CIFAR-10 absent: {SHARED_ARCHIVE}")
+def test_the_sample_is_the_first_four_of_each_class_of_the_shared_test_batch() -> None:
+    data = load_cifar10(SHARED_ARCHIVE)
+    first = np.sort(np.concatenate([np.flatnonzero(data.y_test == c)[:4] for c in range(10)]))
+    sample = load_sample()
+    np.testing.assert_array_equal(sample.x, data.x_test[first])
+    np.testing.assert_array_equal(sample.y, data.y_test[first])

@@ -11,6 +11,9 @@ that names the exercise; everything else keeps working. The copy gets:
     OUTDIR/pyproject.toml     so that `pip install -e .` installs the copy
     OUTDIR/LICENSE            skscratch's licence, which every copy must carry
     OUTDIR/ASSIGNMENT.md      what to write, how to install, check and submit
+    OUTDIR/tutorials/         the tutorials, run on the copy's functions: each chapter's
+                              "Your turn" cell checks the exercise it poses, and the answers
+                              to its closing exercises (fenced the same way) are removed
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from skscratch.assignment.grading import load_points
 from skscratch.assignment.text import assignment_text
 
 PACKAGE = Path(__file__).resolve().parents[1]
+TUTORIALS = PACKAGE.parent / "tutorials"  # in a clone of skscratch, beside the package
 BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"
 # The student's side of skscratch/assignment: everything else there stays with the instructor.
 STUDENT_SIDE = ("catalog.py", "student.py", "_programs.py", "_compare.py", "_casefile.py")
@@ -46,6 +50,10 @@ def fenced_bodies(source: str) -> list[tuple[int, int, str]]:
     """(first line, last line, enclosing function) of every fenced body, 0-based and inclusive
     of the marker lines."""
     lines = source.split("\n")
+    return [(first, last, _enclosing_function(lines, first)) for first, last in _fences(lines)]
+
+
+def _fences(lines: list[str]) -> list[tuple[int, int]]:
     found, start = [], None
     for i, line in enumerate(lines):
         if line.strip() == BEGIN:
@@ -55,7 +63,7 @@ def fenced_bodies(source: str) -> list[tuple[int, int, str]]:
         elif line.strip() == END:
             if start is None:
                 raise AssignmentError(f"line {i + 1}: {END} without {BEGIN}")
-            found.append((start, i, _enclosing_function(lines, start)))
+            found.append((start, i))
             start = None
     if start is not None:
         raise AssignmentError(f"line {start + 1}: {BEGIN} is never closed")
@@ -83,6 +91,17 @@ def strip_solutions(source: str, exercise_of: dict[str, str]) -> str:
         else:
             del lines[last]
             del lines[first]
+    return "\n".join(lines)
+
+
+def strip_tutorial(source: str, chapter: str) -> str:
+    """A tutorial with the fenced answer of each closing exercise replaced by a
+    NotImplementedError that says where the student's answer goes."""
+    lines = source.split("\n")
+    for first, last in reversed(_fences(lines)):
+        indent = lines[first][: len(lines[first]) - len(lines[first].lstrip())]
+        message = f"{chapter}: write your answer to this exercise in place of this line"
+        lines[first : last + 1] = [f"{indent}raise NotImplementedError({message!r})"]
     return "\n".join(lines)
 
 
@@ -118,6 +137,7 @@ def make(
         (staging / "pyproject.toml").write_text(_pyproject())
         (staging / "LICENSE").write_text(_license())
         (staging / "ASSIGNMENT.md").write_text(assignment_text(exercises, points or load_points()))
+        _tutorials(staging / "tutorials")
         out.mkdir(parents=True, exist_ok=True)
         for item in staging.iterdir():
             item.rename(out / item.name)
@@ -143,6 +163,18 @@ def _student_side(folder: Path, seed: int) -> None:
 
 
 _VISIBLE: dict[int, list] = {}
+
+
+def _tutorials(folder: Path) -> None:
+    chapters = sorted(TUTORIALS.glob("[0-9][0-9]_*.py"))
+    if not chapters:
+        raise AssignmentError(
+            f"no tutorials in {TUTORIALS}: make a student copy from a clone of skscratch, "
+            "whose tutorials go into the copy"
+        )
+    folder.mkdir()
+    for path in chapters:
+        (folder / path.name).write_text(strip_tutorial(path.read_text(), path.stem))
 
 
 def _pyproject() -> str:

@@ -4,7 +4,7 @@
 2. `best_float32_step`: why gradients are checked in float64. The centred difference has two
    errors: the truncation term, about h^2 |f'''| / 6 (from the third derivative: the second
    cancels between the two sides), which shrinks with h, and rounding, about eps |f| / h with
-   eps the machine epsilon (np.finfo(dtype).eps, as in tutorial 5), which grows as h shrinks.
+   eps the machine epsilon (np.finfo(dtype).eps, as in tutorial 7), which grows as h shrinks.
    In float32, eps = 2^-23 ~ 1.2e-7: the best h is near eps^(1/3) ~ 5e-3, and the error there
    is ~1e-5 at best; in float64 (eps = 2^-52 ~ 2.2e-16) it is ~1e-11.
 3. `find_the_planted_bug`: one backward pass in SUSPECTS is wrong; a gradient check finds it.

@@ -1,5 +1,19 @@
 # %% [markdown]
-# # 7. Training a small SK network on CIFAR-10
+# # 11. Training a small SK network on CIFAR-10
+#
+# **Goals.** After this tutorial you can
+# - load CIFAR-10, augment it (random crops, flips, cutout) and normalise it with statistics of
+#   the training images alone;
+# - build an SK-ResNeXt on either backend and check that the two compute the same;
+# - write the training loop out: minibatches, the learning-rate schedule, label-smoothed loss,
+#   SGD with Nesterov momentum, evaluation with test-time flips;
+# - tell from the curves and the per-class accuracy whether the network learnt, and repeat a
+#   run exactly.
+#
+# **Prerequisites.** Tutorials 2 (softmax cross-entropy and label smoothing), 8 and 9 (the SK
+# unit, the block and the network) and 10 (SGD, momentum, weight decay, the schedule).
+#
+# **Time.** About 30 minutes to read; the run takes from seconds to minutes (below).
 #
 # The earlier tutorials built every operation and the SK unit from forward/backward pairs. Here
 # they come together: an SK-ResNeXt learns to classify CIFAR-10 images. We go through
@@ -7,7 +21,7 @@
 # with skscratch's own pieces, exactly as `skscratch.train` runs it.
 #
 # **Two backends.** A network runs on one of two sets of operation pairs, chosen when it is
-# built: `backend="reference"`, the plain-NumPy pairs of tutorials 1 to 6 (in the course, the
+# built: `backend="reference"`, the plain-NumPy pairs of tutorials 3 to 8 (in the course, the
 # functions you write), or `backend="fast"`, compiled versions of them from `skscratch.fast`,
 # which skscratch's tests check against the reference pairs. We train on the fast backend, after
 # checking on one batch that the two compute the same.
@@ -25,6 +39,7 @@
 
 # %%
 import inspect
+import math
 import os
 import tempfile
 import time
@@ -80,7 +95,7 @@ for k, ax in enumerate(axes.flat):
     ax.axis("off")
 fig.suptitle("CIFAR-10: one training image per class")
 fig.tight_layout()
-show(fig, "07_cifar10_examples")
+show(fig, "11_cifar10_examples")
 
 # %% [markdown]
 # We train on the first `config.subset` training images. The first images of CIFAR-10 are in
@@ -98,8 +113,9 @@ print("training images per class:", np.bincount(y_train, minlength=10))
 # A network that sees the same 1000 or 10000 images every epoch soon learns them by heart. Two
 # cheap changes make every epoch's copy a little different without changing what it shows
 # (the usual CIFAR recipe): pad the image with 4 zero pixels on each side and cut out a random
-# 32x32 window (a shift by -4..4 pixels in each direction), then mirror it left-right with
-# probability 1/2. `skscratch.data.augment` does both, independently per image.
+# 32x32 window (a shift by $-4 \dots 4$ pixels in each direction), then mirror it left-right
+# with probability 1/2. `skscratch.data.augment` does both, independently per image; a third,
+# cutout, follows below.
 
 # %%
 image = data.x_train[int(np.flatnonzero(data.y_train == 7)[0])]  # a horse, (3, 32, 32)
@@ -129,14 +145,34 @@ for ax in axes.flat:
     ax.axis("off")
 fig.suptitle("One image, eight random crops and flips")
 fig.tight_layout()
-show(fig, "07_augmentation")
+show(fig, "11_augmentation")
+
+# %% [markdown]
+# The recipe adds a third change, cutout (DeVries and Taylor, 2017): after the crop and the
+# flip, a square of `config.cutout` x `config.cutout` pixels (8 x 8), centred on a random pixel
+# and cut off where it crosses the border, is set to zero, so that the network cannot rely on
+# any one small part of an image. Cutout is drawn after the crops and flips, so the same
+# generator gives the same crops and flips as above, each with at most $8 \times 8$ of its
+# pixels zeroed:
+
+# %%
+assert config.cutout == 8
+cut = augment(np.repeat(image[None], 8, axis=0), np.random.default_rng(0), cutout=config.cutout)
+zeroed = np.any(cut != copies, axis=1)  # (8, 32, 32): pixels the square changed
+assert np.all((cut == copies) | (cut == 0))  # every pixel kept or set to zero
+print("pixels zeroed per copy:", zeroed.sum(axis=(1, 2)))
+assert np.all(zeroed.sum(axis=(1, 2)) <= config.cutout**2)
 
 # %% [markdown]
 # ## Normalisation
 #
-# The network gets `(x / 255 - mean) / std` per colour channel, with the mean and standard
-# deviation of the training images (in [0, 1] units), so that its inputs are centred with unit
-# spread. They come from the training images only: the test images must not influence training.
+# The network gets, per colour channel $c$,
+#
+# $$ \frac{x / 255 - \mu_c}{\sigma_c}, $$
+#
+# with $\mu_c$ and $\sigma_c$ the mean and standard deviation of the training images (in
+# $[0, 1]$ units), so that its inputs are centred with unit spread. They come from the training
+# images only: the test images must not influence training.
 
 # %%
 mean, std = channel_stats(x_train)
@@ -224,12 +260,19 @@ assert errors["logits"] < 1e-5 and errors["loss"] < 1e-5 and errors["gradients"]
 print(inspect.getsource(train_step))
 
 # %% [markdown]
-# The optimiser is SGD with Nesterov momentum 0.9 and weight decay 5e-4 (not on batch-norm
-# parameters and biases). The learning rate follows `learning_rate`: a linear warm-up over the
-# first epoch, from peak / warm-up steps on the first step to the peak (0.2) on the last, then a
-# straight line down towards 0 (see the check below). The loss is the cross-entropy with
-# label-smoothed targets, (1 - 0.2) * onehot + 0.2 / 10 (`skscratch.losses`), and the test
-# images are classified by the mean logits of each image and its mirror image (test-time
+# The optimiser is SGD with Nesterov momentum 0.9 and weight decay $5 \times 10^{-4}$ (not on
+# batch-norm parameters and biases). The learning rate follows `learning_rate`: a linear
+# warm-up over the first epoch, from $\eta_\text{peak} / T_w$ on the first step to the peak
+# $\eta_\text{peak} = 0.2$ on the last, then a straight line down towards 0 (see the check
+# below). For step $t = 0, \dots, T - 1$ of $T$, with $T_w$ warm-up steps:
+#
+# $$ \eta_t = \eta_\text{peak} \, \frac{t + 1}{T_w} \quad (t < T_w), \qquad
+#    \eta_t = \eta_\text{peak} \Big( 1 - \frac{t - T_w}{T - T_w} \Big) \quad (t \ge T_w). $$
+#
+# The loss is the cross-entropy with label-smoothed targets
+# $q = (1 - \varepsilon)\,\text{onehot}(y) + \varepsilon / K$, $\varepsilon = 0.2$, $K = 10$
+# (`skscratch.losses`, tutorial 2). After every epoch the test images are classified as they
+# are; after the last, also by the mean logits of each image and its mirror image (test-time
 # flips, `skscratch.evaluation`): the recipe of `python -m skscratch train`.
 #
 # ## The training loop
@@ -243,6 +286,7 @@ print(inspect.getsource(train_step))
 
 # %%
 assert (config.lr, config.label_smoothing, config.test_flips) == (0.2, 0.2, True)
+assert config.augment and config.schedule == "onecycle"  # "onecycle": the straight-line fall
 optimizer = SGD(
     model,
     lr=config.lr,
@@ -262,7 +306,10 @@ for epoch in range(config.epochs):
     loss_sum, correct = 0.0, 0
     for b in range(n_batches):
         idx = order[b * config.batch_size : (b + 1) * config.batch_size]
-        xb = augment(x_train[idx], np.random.default_rng([config.seed, 2, epoch, b]))
+        xb = x_train[idx]
+        if config.augment:
+            batch_rng = np.random.default_rng([config.seed, 2, epoch, b])
+            xb = augment(xb, batch_rng, cutout=config.cutout)
         step = epoch * n_batches + b
         optimizer.lr = learning_rate(
             step, total_steps, peak=config.lr, warmup_steps=warmup, kind=config.schedule
@@ -275,7 +322,7 @@ for epoch in range(config.epochs):
         correct += n_correct
         batch_losses.append(loss)
         rates.append(optimizer.lr)
-    test = evaluate(model, x_test, y_test, mean, std, flips=config.test_flips)
+    test = evaluate(model, x_test, y_test, mean, std)
     seen = n_batches * config.batch_size
     history.append(
         {
@@ -286,11 +333,18 @@ for epoch in range(config.epochs):
             "test_accuracy": test["accuracy"],
         }
     )
+    if config.test_flips and epoch + 1 == config.epochs:  # the last epoch: also with flips
+        flipped = evaluate(model, x_test, y_test, mean, std, flips=True)
+        history[-1] |= {
+            "test_loss_flips": flipped["loss"],
+            "test_accuracy_flips": flipped["accuracy"],
+        }
     print(
         f"epoch {epoch + 1}: train loss {loss_sum / seen:.3f} acc {correct / seen:.3f} | "
         f"test loss {test['loss']:.3f} acc {test['accuracy']:.3f} | "
         f"{time.perf_counter() - started:.1f} s"
     )
+print(f"last epoch, with test-time flips: test accuracy {flipped['accuracy']:.3f}")
 after = evaluate(model, x_train, y_train, mean, std)
 
 # %% [markdown]
@@ -346,7 +400,7 @@ for ax in (ax_loss, ax_acc):
     ax.legend()
 fig.suptitle(f"SK-ResNeXt '{preset}' on {len(x_train)} CIFAR-10 images")
 fig.tight_layout()
-show(fig, "07_training_curves")
+show(fig, "11_training_curves")
 
 # %% [markdown]
 # ## Accuracy per class
@@ -374,7 +428,7 @@ ax.set(
 ax.tick_params(axis="x", rotation=30)
 ax.legend()
 fig.tight_layout()
-show(fig, "07_per_class_accuracy")
+show(fig, "11_per_class_accuracy")
 
 # %% [markdown]
 # ## A trained model on the other backend
@@ -436,7 +490,84 @@ if SMALL:
         written = sorted(os.listdir(out))
         print(written)
         assert {"checkpoint.npz", "metrics.jsonl", "curves.png"} <= set(written)
+    assert set(history[-1]) <= set(packaged[-1])  # the flipped evaluation included
     for ours, theirs in zip(history, packaged, strict=True):
-        for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
+        for key in ours.keys() - {"epoch"}:
             np.testing.assert_allclose(ours[key], theirs[key], rtol=1e-5)
     print("run_training repeats the loop above")
+
+# %% [markdown]
+# ## Summary
+#
+# - CIFAR-10: 50000 training and 10000 test images of 32x32 pixels, 5000 and 1000 per class.
+#   Augmentation crops a shifted window of the zero-padded image, mirrors it with probability
+#   1/2 and zeroes an 8x8 square (cutout); normalisation uses the training images' channel
+#   statistics, after which they have mean 0 and standard deviation 1.
+# - The default SK-ResNeXt has 576,234 parameters and 26.5 M multiply-adds per image. Built
+#   with the same seed, the reference and fast backends hold the same parameters and compute
+#   the same logits and loss (to $10^{-5}$) and gradients (to $10^{-2}$ of the largest).
+# - A step is forward, label-smoothed loss, backward, SGD update. The schedule starts at
+#   $\eta_\text{peak} / T_w$, reaches the peak 0.2 at step $T_w - 1$, holds it one more step,
+#   and falls to $\eta_\text{peak} / (T - T_w)$ at the last step.
+# - After training, the loss on the training images is lower than before and the accuracy is
+#   above chance (0.1); the per-class accuracies, weighted by the class sizes, average to the
+#   overall accuracy; on the other backend the trained model's accuracy differs by at most 2
+#   in 1000 test images.
+# - Every random choice is seeded by (seed, epoch, batch), so `run_training` repeats the loop
+#   number for number (to $10^{-5}$).
+#
+# ## Exercises
+#
+# 1. On the full training set of 50000 images with batches of 128, how many steps does an
+#    epoch have, and how many images wait for the next shuffle?
+
+# %%
+# BEGIN SOLUTION
+steps_per_epoch, left_over = 50000 // 128, 50000 % 128  # 390 and 80
+# END SOLUTION
+full = [
+    len(yb)
+    for _, yb in iterate_batches(
+        np.zeros((50000, 1)), np.zeros(50000), 128, rng=np.random.default_rng(0), drop_last=True
+    )
+]
+assert len(full) == steps_per_epoch and 50000 - sum(full) == left_over
+
+# %% [markdown]
+# 2. The recorded run trains 44 epochs of 390 steps, with one epoch of warm-up and a peak of
+#    0.2. What is the learning rate of its first step, and at which step (counted from 0) has
+#    it fallen to half the peak?
+
+# %%
+# BEGIN SOLUTION
+first_rate = 0.2 / 390
+half_step = 390 + (44 * 390 - 390) // 2  # halfway along the fall of T - T_w steps
+# END SOLUTION
+schedule = dict(peak=0.2, warmup_steps=390, kind="onecycle")
+assert math.isclose(learning_rate(0, 44 * 390, **schedule), first_rate)
+assert math.isclose(learning_rate(half_step, 44 * 390, **schedule), 0.1)
+
+# %% [markdown]
+# 3. With label smoothing $\varepsilon = 0.2$ and $K = 10$ classes, the training loss cannot
+#    fall below the entropy of the target $q$: it is smallest where the softmax equals $q$.
+#    What is that smallest loss?
+
+# %%
+# BEGIN SOLUTION
+min_smoothed_loss = -(0.82 * math.log(0.82) + 9 * 0.02 * math.log(0.02))
+# END SOLUTION
+q = np.full(10, 0.02)
+q[0] = 0.82
+loss_at_q, grad_at_q = softmax_cross_entropy(np.log(q)[None], np.array([0]), smoothing=0.2)
+assert np.abs(grad_at_q).max() < 1e-12  # the minimum: the gradient (softmax - q) / N is 0
+assert math.isclose(loss_at_q, min_smoothed_loss, rel_tol=1e-9)
+
+# %% [markdown]
+# 4. How many parameters does the fully connected layer at the end of the default model have
+#    (its last stage puts out 512 channels)?
+
+# %%
+# BEGIN SOLUTION
+fc_params = 512 * 10 + 10  # weight (10, 512) and bias (10,)
+# END SOLUTION
+assert fc_params == sum(p.data.size for n, p in default.named_parameters() if n.startswith("fc."))

@@ -1,17 +1,32 @@
 # %% [markdown]
-# # 2. Grouped and dilated convolution
+# # 4. Grouped and dilated convolution
+#
+# **Goals.** After this tutorial you can
+# - give the weight shape of a grouped convolution, and say which input channels each output
+#   channel sees;
+# - say what dilation does to the field a kernel reads, and which pixels it skips;
+# - count the parameters and multiply-adds of a convolution, and compare the SK unit's grouped,
+#   dilated 3x3 branch with a dense 5x5 convolution.
+#
+# **Prerequisites.** Tutorial 3 (the output size, im2col, `conv2d_forward`); tutorial 1 for
+# the finite differences used once here.
+#
+# **Time.** About 35 minutes.
 #
 # Each branch of the SK unit is a **grouped** 3x3 convolution, and the second branch is also
-# **dilated**: SK[2, 32, 16] uses G = 32 groups and dilations 1 and 2. This tutorial takes the
+# **dilated**: SK[2, 32, 16] uses $G = 32$ groups and dilations 1 and 2. This tutorial takes the
 # two options apart: what groups do to the weight and to which inputs an output can see, what
 # dilation does to the receptive field, and what both do to the number of parameters and
 # multiply-adds.
 
 # %%
+import math
+
 import numpy as np
 from scipy.signal import correlate2d
 
-from skscratch import conv2d_backward, conv2d_forward
+from skscratch import conv2d_forward
+from skscratch.gradcheck import numerical_gradient
 from skscratch.im2col import im2col
 from skscratch.plots import pyplot, show
 from skscratch.sk import sk_param_shapes
@@ -21,15 +36,20 @@ rng = np.random.default_rng(0)
 # %% [markdown]
 # ## The weight of a grouped convolution
 #
-# With `groups = G`, the `C_in` input channels are split into G consecutive blocks of
-# `C_in/G`, and the `C_out` output channels into G blocks of `C_out/G`. Output block g is a
-# dense convolution of input block g alone. So every filter only needs `C_in/G` input channels,
-# and the weight has shape
+# With `groups` $= G$, the $C_\mathrm{in}$ input channels are split into $G$ consecutive blocks
+# of $C_\mathrm{in}/G$, and the $C_\mathrm{out}$ output channels into $G$ blocks of
+# $C_\mathrm{out}/G$. Output block $g$ is a dense convolution of input block $g$ alone. So every
+# filter only needs $C_\mathrm{in}/G$ input channels, and the weight has shape
 #
-#     (C_out, C_in // groups, KH, KW)
+# $$ (C_\mathrm{out},\; C_\mathrm{in}/G,\; K_H,\; K_W) $$
 #
-# Here `C_in = 8`, `C_out = 12`, `G = 4`: the weight is `(12, 2, 3, 3)`; output channels
-# `3g, 3g+1, 3g+2` see input channels `2g, 2g+1`.
+# Here $C_\mathrm{in} = 8$, $C_\mathrm{out} = 12$, $G = 4$: the weight is `(12, 2, 3, 3)`;
+# output channels $3g, 3g+1, 3g+2$ see input channels $2g, 2g+1$.
+#
+# In im2col terms (tutorial 3) the rows of `cols` split into $G$ blocks as well, and group $g$'s
+# filters multiply only block $g$: one matrix product per group, which `np.matmul` batches. That
+# is what `conv2d_forward` computes, and what yours must compute for `groups > 1` if you write
+# the assignment exercise `conv`.
 
 # %%
 n, c_in, c_out, groups = 2, 8, 12, 4
@@ -39,7 +59,7 @@ out, _ = conv2d_forward(x, w, padding=1, groups=groups)
 print(x.shape, w.shape, "->", out.shape)  # (2, 8, 6, 6) (12, 2, 3, 3) -> (2, 12, 6, 6)
 
 # %% [markdown]
-# The definition, checked: the grouped convolution equals G separate dense convolutions, one per
+# The definition, checked: the grouped convolution equals $G$ separate dense convolutions, one per
 # slice of input channels and of filters, stacked along the channel axis.
 
 # %%
@@ -69,10 +89,10 @@ assert np.array_equal(out_perturbed[:, 3:], out[:, 3:])  # groups 1, 2, 3: untou
 
 # %% [markdown]
 # Doing this for every input channel gives the full dependency matrix
-# `depends[co, ci]` = "output channel `co` changes when input channel `ci` does". For G groups it
-# must be block diagonal: G blocks of `C_out/G x C_in/G` ones. We draw it for 8 channels in and
-# out with G = 1 (dense), 4, and 8. The last is **depthwise**: `groups == C`, one input channel
-# per filter, weight `(C, 1, KH, KW)`.
+# `depends[co, ci]` = "output channel `co` changes when input channel `ci` does". For $G$ groups
+# it must be block diagonal: $G$ blocks of $C_\mathrm{out}/G \times C_\mathrm{in}/G$ ones. We
+# draw it for 8 channels in and out with $G$ = 1 (dense), 4, and 8. The last is **depthwise**:
+# `groups == C`, one input channel per filter, weight `(C, 1, KH, KW)`.
 
 
 # %%
@@ -104,7 +124,7 @@ for ax, g in zip(axes, [1, 4, 8], strict=True):
 axes[2].set_title("groups = 8 (depthwise): weight (8, 1, 3, 3)")
 fig.suptitle("Dark: output channel co depends on input channel ci")
 fig.tight_layout()
-show(fig, "02_group_dependencies")
+show(fig, "04_group_dependencies")
 
 # %% [markdown]
 # A depthwise convolution filters every channel with its own 3x3 kernel, nothing more. An
@@ -122,9 +142,10 @@ print("depthwise == per-channel correlate2d; parameters:", w_depthwise.size, "vs
 # %% [markdown]
 # ## Dilation: a larger field with the same taps
 #
-# With dilation d the kernel's taps are d pixels apart: tap `(i, j)` of output `(oy, ox)` reads
-# input pixel `(oy*s + i*d - pad, ox*s + j*d - pad)`. A 3x3 kernel with d = 2 still has 9 taps,
-# but they cover a 5x5 square. It is exactly a 5x5 kernel with zeros between the taps:
+# With dilation $d$ the kernel's taps are $d$ pixels apart: tap $(i, j)$ of output
+# $(o_y, o_x)$ reads input pixel $(o_y s + i d - p,\; o_x s + j d - p)$. A 3x3 kernel with
+# $d = 2$ still has 9 taps, but they cover a 5x5 square. It is exactly a 5x5 kernel with zeros
+# between the taps:
 
 # %%
 w3 = rng.standard_normal((4, 8, 3, 3))
@@ -137,22 +158,25 @@ np.testing.assert_allclose(out_dilated, out_5x5, rtol=1e-12, atol=1e-12)
 
 # %% [markdown]
 # Which input pixels does one output pixel read? The formula gives the positions
-# `(oy + (i - 1)*d, ox + (j - 1)*d)` for padding `d` and stride 1. The gradient gives them too,
-# without any formula: take `dout` equal to 1 at that one output pixel and 0 elsewhere; then
-# `dx` is the derivative of that single output with respect to every input pixel, nonzero
-# exactly where the output reads the input (we use a weight of ones, so no tap is zero). Below
-# for a 9x9 input, output pixel (4, 4), dilation 1 and 2.
+# $(o_y + (i - 1)d,\; o_x + (j - 1)d)$ for padding $d$ and stride 1. The gradient gives them
+# too, without any formula: take `dout` equal to 1 at that one output pixel and 0 elsewhere;
+# then `dx` is the derivative of that single output with respect to every input pixel, nonzero
+# exactly where the output reads the input (we use a weight of ones, so no tap is zero). We take
+# that derivative by finite differences (tutorial 1), which need only the forward pass;
+# tutorial 5 derives the backward pass that computes it exactly. Below for a 9x9 input, output
+# pixel (4, 4), dilation 1 and 2.
 
 # %%
 size, centre = 9, 4
 fig, axes = plt.subplots(1, 2, figsize=(8.5, 5))
 for ax, d in zip(axes, [1, 2], strict=True):
     x1 = rng.standard_normal((1, 1, size, size))  # (N, C, H, W) = (1, 1, 9, 9)
-    out1, cache = conv2d_forward(x1, np.ones((1, 1, 3, 3)), padding=d, dilation=d)
-    dout = np.zeros_like(out1)  # (1, 1, 9, 9): the size is kept, padding = dilation
+    dout = np.zeros((1, 1, size, size))  # the size is kept, padding = dilation
     dout[0, 0, centre, centre] = 1.0
-    dx, _, _ = conv2d_backward(dout, cache)
-    footprint = dx[0, 0] != 0
+    dx = numerical_gradient(
+        lambda v, d=d: conv2d_forward(v, np.ones((1, 1, 3, 3)), padding=d, dilation=d)[0], x1, dout
+    )
+    footprint = dx[0, 0] != 0  # an input the output does not read changes nothing, not a bit
 
     expected = np.zeros((size, size), dtype=bool)
     for i in range(3):
@@ -190,29 +214,31 @@ for ax, d in zip(axes, [1, 2], strict=True):
 fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center")
 fig.suptitle("Orange: the input pixels one output of a 3x3 convolution reads (nonzero dx)")
 fig.tight_layout(rect=(0, 0.08, 1, 1))
-show(fig, "02_dilation_footprint")
+show(fig, "04_dilation_footprint")
 
 # %% [markdown]
 # ## What it costs: parameters and multiply-adds
 #
-# For a convolution from `C_in` to `C_out` channels with G groups, a `KH x KW` kernel and an
-# `H_out x W_out` output:
+# For a convolution from $C_\mathrm{in}$ to $C_\mathrm{out}$ channels with $G$ groups, a
+# $K_H \times K_W$ kernel and an $H_\mathrm{out} \times W_\mathrm{out}$ output:
 #
-#     parameters   = C_out * (C_in/G) * KH * KW
-#     multiply-adds = parameters * H_out * W_out          (per image)
+# $$ \text{parameters} = C_\mathrm{out} \cdot \frac{C_\mathrm{in}}{G} \cdot K_H K_W, \qquad
+#    \text{multiply-adds} = \text{parameters} \cdot H_\mathrm{out} W_\mathrm{out}
+#    \quad \text{(per image)} $$
 #
 # since every weight is used once at every output position. Dilation changes neither count; it
 # only changes which pixels are read. We compare three ways of giving a 64-channel, 32x32 map a
-# 5x5 field, as in an SK unit with C = 64 and G = 32:
+# 5x5 field, as in an SK unit with $C = 64$ and $G = 32$:
 #
 # - a dense 5x5 convolution (padding 2),
 # - a dense 3x3 convolution with dilation 2 (padding 2),
-# - a grouped 3x3 convolution with dilation 2 and G = 32, the SK unit's second branch.
+# - a grouped 3x3 convolution with dilation 2 and $G = 32$, the SK unit's second branch.
 #
 # The formula's numbers are asserted against counts taken from the arrays themselves: the size
 # of the weight, and the shapes of the matrix products `conv2d_forward` performs (per image and
-# group, a `(C_out/G, K)` by `(K, L)` product costs `C_out/G * K * L` multiply-adds, with
-# `K = C_in/G * KH * KW` rows of `cols` per group and `L = H_out * W_out` columns).
+# group, a $(C_\mathrm{out}/G) \times K$ by $K \times L$ product costs
+# $(C_\mathrm{out}/G)\, K L$ multiply-adds, with $K = (C_\mathrm{in}/G) K_H K_W$ rows of
+# `cols` per group and $L = H_\mathrm{out} W_\mathrm{out}$ columns).
 
 # %%
 c, g_sk, hw = 64, 32, 32
@@ -248,7 +274,7 @@ assert sk_param_shapes(c, groups=g_sk)["convs.1.weight"] == (64, 2, 3, 3)  # the
 
 # %% [markdown]
 # All three read a 5x5 field. Dilation divides the cost of the dense 5x5 by 25/9 = 2.8, and
-# groups divide it by another 32 (each filter sees `64/32 = 2` channels instead of 64): the
+# groups divide it by another 32 (each filter sees 64/32 = 2 channels instead of 64): the
 # grouped dilated branch costs 1/89 of the dense 5x5. This is why the paper, having introduced
 # SK units with a 3x3 and a 5x5 branch, replaces the 5x5 kernel by a dilated 3x3 "for further
 # efficiency", and keeps the grouped convolutions of ResNeXt in every branch.
@@ -261,3 +287,86 @@ assert sk_param_shapes(c, groups=g_sk)["convs.1.weight"] == (64, 2, 3, 3)  # the
 ratio = counts["dense 5x5"][0] / counts["grouped 3x3, dilation 2, G=32"][0]
 print(f"dense 5x5 / grouped dilated 3x3 = {ratio:.1f}")  # 25/9 * 32 = 88.9
 np.testing.assert_allclose(ratio, 25 / 9 * 32)
+
+# %% [markdown]
+# ## Summary
+#
+# - With $G$ groups the weight is $(C_\mathrm{out}, C_\mathrm{in}/G, K_H, K_W)$ and the
+#   convolution is $G$ dense convolutions side by side: changing input channel 0 changed output
+#   channels 0, 1, 2 and left the other nine bit for bit unchanged, and the dependency matrix
+#   is block diagonal for $G$ = 1, 4 and 8. A depthwise convolution ($G = C$) equals
+#   `correlate2d` channel by channel.
+# - A 3x3 kernel with dilation 2 equals a 5x5 kernel with zeros between its taps: one output
+#   reads 9 pixels spread over 5x5 (3x3 with dilation 1).
+# - Parameters $= C_\mathrm{out} (C_\mathrm{in}/G) K_H K_W$, multiply-adds = parameters
+#   $\times H_\mathrm{out} W_\mathrm{out}$: for 64 channels of 32x32, a dense 5x5 has 102,400
+#   parameters and 104,857,600 multiply-adds, a dense dilated 3x3 36,864 and 37,748,736, the
+#   SK unit's grouped dilated 3x3 ($G = 32$) 1,152 and 1,179,648: $25/9 \times 32 = 88.9$
+#   times fewer than the dense 5x5, for the same field.
+#
+# ## Exercises
+#
+# 1. How many parameters has a grouped 3x3 convolution from 128 to 128 channels with $G = 32$,
+#    an SK branch of the network's last stage?
+
+# %%
+# BEGIN SOLUTION
+params_128 = 128 * (128 // 32) * 3 * 3
+# END SOLUTION
+assert params_128 == math.prod(sk_param_shapes(128, groups=32)["convs.0.weight"])
+
+# %% [markdown]
+# 2. The same convolution on a 16x16 input, stride 1 and *no* padding: how many multiply-adds
+#    per image? (The check runs it on an input and a weight of ones: every multiply-add then adds
+#    exactly 1 to the sum of the output.)
+
+# %%
+# BEGIN SOLUTION
+macs_128 = params_128 * 14 * 14  # H_out = W_out = 16 - 3 + 1 = 14
+# END SOLUTION
+ones_out, _ = conv2d_forward(np.ones((1, 128, 16, 16)), np.ones((128, 4, 3, 3)), groups=32)
+assert ones_out.sum() == macs_128
+
+# %% [markdown]
+# 3. In the first example of this tutorial ($C_\mathrm{in} = 8$, $C_\mathrm{out} = 12$,
+#    $G = 4$), which output channels change when input channel 5 changes?
+
+# %%
+# BEGIN SOLUTION
+changed_by_5 = [6, 7, 8]  # channel 5 is in group 5 // 2 = 2, whose outputs are 3*2 .. 3*2 + 2
+# END SOLUTION
+x_5 = x.copy()
+x_5[:, 5] += 1.0
+out_5, _ = conv2d_forward(x_5, w, padding=1, groups=groups)
+assert np.array_equal(np.flatnonzero(np.any(out_5 != out, axis=(0, 2, 3))), changed_by_5)
+
+# %% [markdown]
+# 4. Two 3x3 convolutions in a row, each padded by its dilation. If the first has dilation 1 and
+#    the second dilation 2, how wide is the square of input pixels that one output pixel
+#    depends on, and how many pixels of that square does it read? And if both have dilation 2?
+#    (The check finds the footprint as above, by finite differences through both layers.)
+
+
+# %%
+def two_layer_footprint(d1, d2, size=15):
+    """Which input pixels the centre output of two stacked 3x3 convolutions depends on."""
+    ones3 = np.ones((1, 1, 3, 3))
+
+    def two_layers(v):
+        h = conv2d_forward(v, ones3, padding=d1, dilation=d1)[0]
+        return conv2d_forward(h, ones3, padding=d2, dilation=d2)[0]
+
+    dout = np.zeros((1, 1, size, size))
+    dout[0, 0, size // 2, size // 2] = 1.0
+    x_in = rng.standard_normal((1, 1, size, size))
+    return numerical_gradient(two_layers, x_in, dout)[0, 0] != 0
+
+
+# BEGIN SOLUTION
+width_12, pixels_12 = 1 + 2 * 1 + 2 * 2, 7 * 7  # offsets -1..1 plus -2, 0, 2: all of -3..3
+width_22, pixels_22 = 1 + 2 * 2 + 2 * 2, 5 * 5  # offsets -4, -2, 0, 2, 4: only the even ones
+# END SOLUTION
+for (d1, d2), width, pixels in [((1, 2), width_12, pixels_12), ((2, 2), width_22, pixels_22)]:
+    rows, columns = np.nonzero(two_layer_footprint(d1, d2))
+    assert rows.max() - rows.min() + 1 == columns.max() - columns.min() + 1 == width
+    assert rows.size == pixels
