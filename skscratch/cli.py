@@ -165,6 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
         "its mirror image (default: %(default)s)",
     )
     p.add_argument(
+        "--test-shifts",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.test_shifts,
+        help="after the last epoch, evaluate also on the mean logits of every view of each test "
+        "image (with --test-flips, it and its mirror) as it is and moved one pixel diagonally "
+        "either way (default: %(default)s)",
+    )
+    p.add_argument(
         "--cutout",
         type=int,
         default=defaults.cutout,
@@ -201,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         help="average the logits of each image and its mirror image (default: as the run "
         "evaluated itself, its --test-flips)",
+    )
+    p.add_argument(
+        "--shifts",
+        action=argparse.BooleanOptionalAction,
+        help="average the logits of every view as it is and moved one pixel diagonally either "
+        "way (default: as the run evaluated itself, its --test-shifts)",
     )
     _backend_option(
         p,

@@ -70,6 +70,7 @@ def train(args: argparse.Namespace) -> int:
         augment=not args.no_augment,
         label_smoothing=args.label_smoothing,
         test_flips=args.test_flips,
+        test_shifts=args.test_shifts,
         cutout=args.cutout,
     )
     data = load_cifar10(args.data)
@@ -107,10 +108,11 @@ def train(args: argparse.Namespace) -> int:
         print(f"stopped; continue with: skscratch train --out {args.out} --resume")
         return 130
     last, best = history[-1], max(h["test_accuracy"] for h in history)
-    flips = last.get("test_accuracy_flips")
+    flips, shifts = last.get("test_accuracy_flips"), last.get("test_accuracy_shifts")
     print(
         f"done: final test accuracy {last['test_accuracy']:.4f} (best {best:.4f})"
         + ("" if flips is None else f", {flips:.4f} with test-time flips")
+        + ("" if shifts is None else f", {shifts:.4f} with test-time shifts as well")
         + f"; results in {args.out}"
     )
     return 0
@@ -123,12 +125,17 @@ def evaluate(args: argparse.Namespace) -> int:
     from skscratch.runs import load_run
 
     model, mean, std, config = load_run(args.checkpoint, backend=args.backend)
-    flips = config.test_flips if args.flips is None else args.flips  # default: as the run did
+    # By default, as the run evaluated itself after its last epoch.
+    flips = config.test_flips if args.flips is None else args.flips
+    shifts = config.test_shifts if args.shifts is None else args.shifts
     data = load_cifar10(args.data)
-    result = evaluation.evaluate(model, data.x_test, data.y_test, mean, std, flips=flips)
+    result = evaluation.evaluate(
+        model, data.x_test, data.y_test, mean, std, flips=flips, shifts=shifts
+    )
+    views = " and ".join(how for how, used in (("flips", flips), ("shifts", shifts)) if used)
     print(
         f"test accuracy {result['accuracy']:.4f} on {len(data.y_test)} images "
-        f"(loss {result['loss']:.4f}){', with test-time flips' if flips else ''}"
+        f"(loss {result['loss']:.4f}){f', with test-time {views}' if views else ''}"
     )
     for name, acc in zip(data.label_names, result["per_class_accuracy"], strict=True):
         print(f"  {name:<12} {acc:.4f}")

@@ -38,6 +38,9 @@ class TrainConfig:
     # After the last epoch, evaluate also on the mean logits of each test image and its mirror
     # (every epoch's evaluation is on the images alone).
     test_flips: bool = True
+    # ... and also on the mean over each of those views and the view moved one pixel diagonally
+    # either way (skscratch.evaluation).
+    test_shifts: bool = True
 
     def __post_init__(self):
         # Ranges as `not low <= x < high`: NaN fails every comparison, so it is refused too.
@@ -71,4 +74,4 @@ class TrainConfig:
 
 
 # What a run whose checkpoint predates a field did, where the field's default now differs.
-_BEFORE_THE_FIELD = {"label_smoothing": 0.0, "test_flips": False, "cutout": 0}
+_BEFORE_THE_FIELD = {"label_smoothing": 0.0, "test_flips": False, "cutout": 0, "test_shifts": False}

@@ -306,16 +306,15 @@ def _train_batch(run: _Run, x: NDArray, y: NDArray, bar: tqdm) -> tuple[float, i
 
 
 def _finish_epoch(run: _Run) -> None:
-    """Evaluate on the test images (after the last epoch also with flips, if the run asks for
-    them), add the epoch to the history, move to the next epoch, and save the checkpoint and
+    """Evaluate on the test images (after the last epoch also with flips and with shifts, if the
+    run asks for them), add the epoch to the history, move to the next epoch, and save the checkpoint and
     then the metrics."""
     position, seen = run.position, run.n_batches * run.config.batch_size
     started = time.perf_counter()
     test = evaluate(run.model, run.x_test, run.y_test, run.mean, run.std)
-    flipped = {}
-    if run.config.test_flips and position.epoch + 1 == run.config.epochs:
-        both = evaluate(run.model, run.x_test, run.y_test, run.mean, run.std, flips=True)
-        flipped = {"test_loss_flips": both["loss"], "test_accuracy_flips": both["accuracy"]}
+    augmented = {}
+    if position.epoch + 1 == run.config.epochs:
+        augmented = _augmented_evaluations(run)
     test_seconds = time.perf_counter() - started
     # The run's time so far: every epoch's training and evaluation (not the time it stood still
     # between a stop and its resumption).
@@ -327,7 +326,7 @@ def _finish_epoch(run: _Run) -> None:
             "train_accuracy": position.correct / seen,
             "test_loss": test["loss"],
             "test_accuracy": test["accuracy"],
-            **flipped,
+            **augmented,
             "lr": run.optimizer.lr,
             "seconds": position.seconds,
             "images_per_second": seen / position.seconds,
@@ -347,9 +346,29 @@ def _finish_epoch(run: _Run) -> None:
             f"epoch {h['epoch']}: train loss {h['train_loss']:.3f} "
             f"acc {h['train_accuracy']:.3f} | test loss {h['test_loss']:.3f} "
             f"acc {h['test_accuracy']:.3f}"
-            + (f" (with flips {h['test_accuracy_flips']:.3f})" if flipped else "")
+            + "".join(f" ({how} {h[key]:.3f})" for how, key in _AUGMENTED if key in h)
             + f" | {h['seconds'] / 60:.1f} min"
         )
+
+
+# How the last epoch's test-time augmented accuracies are named in the history and the log.
+_AUGMENTED = (("with flips", "test_accuracy_flips"), ("with shifts too", "test_accuracy_shifts"))
+
+
+def _augmented_evaluations(run: _Run) -> dict:
+    """The last epoch's evaluations with test-time augmentation: with flips (if the run asks for
+    them), and with shifts of every view as well (if it asks for those)."""
+    config, results = run.config, {}
+    if config.test_flips:
+        flipped = evaluate(run.model, run.x_test, run.y_test, run.mean, run.std, flips=True)
+        results |= {"test_loss_flips": flipped["loss"], "test_accuracy_flips": flipped["accuracy"]}
+    if config.test_shifts:
+        both = evaluate(
+            run.model, run.x_test, run.y_test, run.mean, run.std, flips=config.test_flips,
+            shifts=True,
+        )
+        results |= {"test_loss_shifts": both["loss"], "test_accuracy_shifts": both["accuracy"]}
+    return results
 
 
 def _save(run: _Run) -> None:

@@ -30,7 +30,7 @@ import pytest
 from skscratch import cli
 from skscratch.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from skscratch.data import Cifar10, channel_stats, load_cifar10, normalize
-from skscratch.evaluation import evaluate
+from skscratch.evaluation import evaluate, shifted
 from skscratch.losses import softmax_cross_entropy
 from skscratch.models import PRESETS, SKResNeXt
 from skscratch.optim import SGD
@@ -342,6 +342,34 @@ def test_evaluate_with_flips_averages_each_image_and_its_mirror(fake_data):
     assert flipped["loss"] == pytest.approx(plain["loss"], rel=1e-5)
 
 
+def test_shifted_moves_images_a_pixel_diagonally_mirroring_the_edge_that_comes_in():
+    image = np.arange(16).reshape(1, 1, 4, 4)
+    down_right = [[5, 4, 5, 6], [1, 0, 1, 2], [5, 4, 5, 6], [9, 8, 9, 10]]
+    up_left = [[5, 6, 7, 6], [9, 10, 11, 10], [13, 14, 15, 14], [9, 10, 11, 10]]
+    np.testing.assert_array_equal(shifted(image, 1)[0, 0], down_right)
+    np.testing.assert_array_equal(shifted(image, -1)[0, 0], up_left)
+    # A step moves every pixel inside the image by (step, step).
+    big = np.random.default_rng(0).standard_normal((2, 3, 8, 8))
+    np.testing.assert_array_equal(shifted(big, 2)[..., 2:, 2:], big[..., :-2, :-2])
+    np.testing.assert_array_equal(shifted(big, -2)[..., :-2, :-2], big[..., 2:, 2:])
+
+
+@pytest.mark.parametrize("flips", [False, True])
+def test_evaluate_with_shifts_averages_every_view_and_its_shifts(fake_data, flips):
+    model = SKResNeXt(PRESETS["tiny"]).eval()
+    x, y = fake_data.x_test, fake_data.y_test
+    mean, std = channel_stats(fake_data.x_train)
+    result = evaluate(model, x, y, mean, std, batch_size=7, flips=flips, shifts=True)
+    images = normalize(x, mean, std)
+    views = [images, images[..., ::-1]] if flips else [images]
+    padded = [np.pad(v, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="reflect") for v in views]
+    views += [p[..., :32, :32] for p in padded] + [p[..., 2:, 2:] for p in padded]
+    assert len(views) == (6 if flips else 3)
+    logits = sum(model.forward(v.copy()) for v in views) / len(views)
+    assert result["accuracy"] == pytest.approx(np.mean(logits.argmax(axis=1) == y))
+    assert result["loss"] == pytest.approx(softmax_cross_entropy(logits, y)[0], rel=1e-5)
+
+
 # ------------------------------------------------------------------------------- (c) resuming
 
 
@@ -444,8 +472,10 @@ def test_metrics_have_one_json_line_per_epoch(runs):
         assert keys <= set(record)
         assert all(math.isfinite(record[k]) for k in keys)
         assert 0 <= record["train_accuracy"] <= 1 and 0 <= record["test_accuracy"] <= 1
-        # Test-time flips (the default) evaluate the last epoch a second time, and only it.
+        # Test-time flips and shifts (the default) evaluate the last epoch twice more, and only
+        # it.
         assert ("test_accuracy_flips" in record) == (epoch == EPOCHS)
+        assert ("test_accuracy_shifts" in record) == (epoch == EPOCHS)
     assert json.loads(lines[-1])["lr"] < json.loads(lines[0])["lr"]  # the schedule decays
 
 
@@ -468,9 +498,11 @@ def test_evaluate_command_prints_accuracy_and_every_class(runs, archive, fake_da
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 11, result.stdout
-    # The run evaluated itself with test-time flips (the default), and so does the command.
+    # The run evaluated itself with test-time flips and shifts (the default), and so does the
+    # command.
     match = re.fullmatch(
-        r"test accuracy (\d\.\d{4}) on 40 images \(loss (\d+\.\d{4})\), with test-time flips",
+        r"test accuracy (\d\.\d{4}) on 40 images \(loss (\d+\.\d{4})\), "
+        r"with test-time flips and shifts",
         lines[0],
     )
     assert match, lines[0]
@@ -480,14 +512,25 @@ def test_evaluate_command_prints_accuracy_and_every_class(runs, archive, fake_da
     # The numbers are those of the checkpoint's model on the test images, as the run's last
     # evaluation found them.
     model, mean, std = load_model(runs["a"] / "checkpoint.npz")
-    expected = evaluate(model, fake_data.x_test, fake_data.y_test, mean, std, flips=True)
+    x, y = fake_data.x_test, fake_data.y_test
+    expected = evaluate(model, x, y, mean, std, flips=True, shifts=True)
     assert match.group(1) == f"{expected['accuracy']:.4f}"
     last = load_checkpoint(runs["a"] / "checkpoint.npz")[0]["history"][-1]
-    assert match.group(1) == f"{last['test_accuracy_flips']:.4f}"
+    assert match.group(1) == f"{last['test_accuracy_shifts']:.4f}"
     for line, acc in zip(lines[1:], expected["per_class_accuracy"], strict=True):
         assert line.split()[-1] == f"{acc:.4f}"
 
-    plain = skscratch("evaluate", runs["a"] / "checkpoint.npz", "--data", archive, "--no-flips")
+    flips = skscratch("evaluate", runs["a"] / "checkpoint.npz", "--data", archive, "--no-shifts")
+    expected = evaluate(model, x, y, mean, std, flips=True)
+    assert f"{expected['accuracy']:.4f}" == f"{last['test_accuracy_flips']:.4f}"
+    assert flips.stdout.splitlines()[0] == (
+        f"test accuracy {expected['accuracy']:.4f} on 40 images (loss {expected['loss']:.4f}), "
+        "with test-time flips"
+    )
+
+    plain = skscratch(
+        "evaluate", runs["a"] / "checkpoint.npz", "--data", archive, "--no-flips", "--no-shifts"
+    )
     first = plain.stdout.splitlines()[0]
     expected = evaluate(model, fake_data.x_test, fake_data.y_test, mean, std)
     assert f"{expected['accuracy']:.4f}" == f"{last['test_accuracy']:.4f}"

@@ -5,8 +5,8 @@
 prints, as Markdown, the test accuracy of every epoch with the time elapsed (training and the
 evaluation after each epoch, summed over the run: the time a stopped run stood still before it
 resumed does not count), and the best test accuracy reached within 10, 30, 60 and 120 minutes.
-Every epoch's test accuracy is on the test images alone; a run with test-time flips evaluated
-its last epoch also with them, which the closing line gives.
+Every epoch's test accuracy is on the test images alone; a run with test-time flips or shifts
+evaluated its last epoch also with them, which the closing line gives.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def main(path: str) -> None:
         best = f"{max(h['test_accuracy'] for h in done):.2%}" if done else "-"
         print(f"| {minutes} min | {len(done)} | {best} |")
     last = history[-1]
-    flips = last.get("test_accuracy_flips")
+    flips, shifts = last.get("test_accuracy_flips"), last.get("test_accuracy_shifts")
     print()
     print(
         f"{len(history)} epochs, {last['elapsed_seconds'] / 60:.1f} minutes, "
@@ -44,6 +44,7 @@ def main(path: str) -> None:
         f"{max(h['images_per_second'] for h in history):.0f} images/s); "
         f"final test accuracy {last['test_accuracy']:.2%}"
         + ("" if flips is None else f", {flips:.2%} with test-time flips")
+        + ("" if shifts is None else f", {shifts:.2%} with test-time shifts as well")
     )
 
 
