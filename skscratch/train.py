@@ -307,8 +307,8 @@ def _train_batch(run: _Run, x: NDArray, y: NDArray, bar: tqdm) -> tuple[float, i
 
 def _finish_epoch(run: _Run) -> None:
     """Evaluate on the test images (after the last epoch also with flips and with shifts, if the
-    run asks for them), add the epoch to the history, move to the next epoch, and save the checkpoint and
-    then the metrics."""
+    run asks for them), add the epoch to the history, move to the next epoch, and save the
+    checkpoint and then the metrics."""
     position, seen = run.position, run.n_batches * run.config.batch_size
     started = time.perf_counter()
     test = evaluate(run.model, run.x_test, run.y_test, run.mean, run.std)
@@ -359,14 +359,12 @@ def _augmented_evaluations(run: _Run) -> dict:
     """The last epoch's evaluations with test-time augmentation: with flips (if the run asks for
     them), and with shifts of every view as well (if it asks for those)."""
     config, results = run.config, {}
+    test = (run.model, run.x_test, run.y_test, run.mean, run.std)
     if config.test_flips:
-        flipped = evaluate(run.model, run.x_test, run.y_test, run.mean, run.std, flips=True)
+        flipped = evaluate(*test, flips=True)
         results |= {"test_loss_flips": flipped["loss"], "test_accuracy_flips": flipped["accuracy"]}
     if config.test_shifts:
-        both = evaluate(
-            run.model, run.x_test, run.y_test, run.mean, run.std, flips=config.test_flips,
-            shifts=True,
-        )
+        both = evaluate(*test, flips=config.test_flips, shifts=True)
         results |= {"test_loss_shifts": both["loss"], "test_accuracy_shifts": both["accuracy"]}
     return results
 
