@@ -43,6 +43,19 @@ def _positive(value: str) -> int:
     return n
 
 
+def _positive_ints(value: str) -> tuple[int, ...]:
+    """One positive int per branch, separated by commas: "3,5" is (3, 5)."""
+    try:
+        values = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be ints separated by commas, got {value!r}"
+        ) from None
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError(f"must all be at least 1, got {value}")
+    return values
+
+
 def _positive_float(value: str) -> float:
     x = float(value)
     if not x > 0:
@@ -119,6 +132,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         help="branches M of every SK unit, dilations 1..M (default: the model's; 1 builds "
         "ResNeXt's block)",
+    )
+    p.add_argument(
+        "--kernel-sizes",
+        type=_positive_ints,
+        help="every SK unit's kernel size per branch, odd, e.g. 3,5 (default: the model's; 3 "
+        "for every branch)",
+    )
+    p.add_argument(
+        "--dilations",
+        type=_positive_ints,
+        help="every SK unit's dilation per branch, e.g. 1,1 (default: the model's; 1..M)",
     )
     p.add_argument(
         "--attention",

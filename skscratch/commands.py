@@ -79,10 +79,15 @@ def train(args: argparse.Namespace) -> int:
         ("zero_init_residual", args.zero_init_residual),
         ("branches", args.branches),
         ("attention", args.attention),
+        ("kernel_sizes", args.kernel_sizes),
+        ("dilations", args.dilations),
     )
-    model_config = dataclasses.replace(
-        PRESETS[args.model], **{key: value for key, value in choices if value is not None}
-    )
+    try:
+        model_config = dataclasses.replace(
+            PRESETS[args.model], **{key: value for key, value in choices if value is not None}
+        )
+    except ValueError as exc:  # e.g. kernel sizes that are not one per branch
+        raise UsageError(str(exc)) from exc
     if args.resume:
         print(f"resuming the run in {args.out} on the {args.backend} backend")
     else:

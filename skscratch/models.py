@@ -13,6 +13,7 @@ resolution) or ImageNet's (7x7 conv stride 2 -> BN -> ReLU -> 3x3 max pool strid
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -29,24 +30,31 @@ from skscratch.nn import (
     Sequential,
     SKUnit,
 )
+from skscratch.sk import branch_settings
 
 
 class BranchSum(Module):
-    """The SK unit's Split without its Fuse and Select: M grouped 3x3 convolutions (branch m
-    with dilation m + 1, as in skscratch.sk), each with BN and ReLU, added with equal weight.
+    """The SK unit's Split without its Fuse and Select: M grouped convolutions (by default 3x3,
+    branch m with dilation m + 1, as in skscratch.sk), each with BN and ReLU, added with equal
+    weight.
 
     With M >= 2 it is the paper's baseline without attention (the branches summed); with M = 1
     it is ResNeXt's grouped convolution, conv -> BN -> ReLU, which is what an SK unit of one
     branch computes (a softmax over one branch is 1) without the fc and select it cannot use.
     Its parameters are named as the SK unit's (convs.m.weight, bns.m.*)."""
 
-    def __init__(self, channels: int, *, stride: int, branches: int, groups: int, rng):
+    def __init__(
+        self, channels: int, *, stride: int, branches: int, groups: int, rng,
+        kernel_sizes: Sequence[int] | None = None, dilations: Sequence[int] | None = None,
+    ):  # fmt: skip
         super().__init__()
+        kernels = branch_settings("kernel_sizes", kernel_sizes, [3] * branches, odd=True)
+        dilations = branch_settings("dilations", dilations, range(1, branches + 1))
         self.children["convs"] = Sequential(
             *(
-                Conv2d(channels, channels, 3, stride=stride, padding=m + 1, dilation=m + 1,
-                       groups=groups, rng=rng)
-                for m in range(branches)
+                Conv2d(channels, channels, k, stride=stride, padding=d * (k - 1) // 2,
+                       dilation=d, groups=groups, rng=rng)
+                for k, d in zip(kernels, dilations, strict=True)
             )
         )  # fmt: skip
         self.children["bns"] = Sequential(
@@ -75,6 +83,8 @@ class SKBottleneck(Module):
         groups: int = 32,
         r: int = 16,
         L: int = 32,
+        kernel_sizes: Sequence[int] | None = None,
+        dilations: Sequence[int] | None = None,
         attention_init: str = "kaiming",
         attention: bool = True,
         zero_init_residual: bool = True,
@@ -84,19 +94,12 @@ class SKBottleneck(Module):
         ch = self.children
         ch["conv1"] = Conv2d(c_in, c_mid, 1, rng=rng)
         ch["bn1"] = BatchNorm(c_mid, relu=True)
+        split = dict(stride=stride, branches=branches, groups=groups, rng=rng,
+                     kernel_sizes=kernel_sizes, dilations=dilations)  # fmt: skip
         if attention and branches > 1:
-            ch["sk"] = SKUnit(
-                c_mid,
-                stride=stride,
-                branches=branches,
-                groups=groups,
-                r=r,
-                L=L,
-                attention_init=attention_init,
-                rng=rng,
-            )
+            ch["sk"] = SKUnit(c_mid, r=r, L=L, attention_init=attention_init, **split)
         else:  # the ablations: branches summed, or one branch (ResNeXt's block)
-            ch["sk"] = BranchSum(c_mid, stride=stride, branches=branches, groups=groups, rng=rng)
+            ch["sk"] = BranchSum(c_mid, **split)
         ch["conv3"] = Conv2d(c_mid, c_out, 1, rng=rng)
         ch["bn3"] = BatchNorm(c_out)
         if zero_init_residual:
@@ -159,10 +162,15 @@ class SKNetConfig:
     # False: every block's SK unit is replaced by its branches summed (BranchSum), the paper's
     # baseline without selection. branches=1 always builds ResNeXt's block (BranchSum of one).
     attention: bool = True
+    # Each branch's kernel size and dilation (None: 3, and 1, 2, ..., M: the paper's SK unit).
+    kernel_sizes: tuple[int, ...] | None = None
+    dilations: tuple[int, ...] | None = None
 
     def __post_init__(self):
         if self.stem_type not in STEM_TYPES:
             raise ValueError(f"stem_type must be one of {STEM_TYPES}, got {self.stem_type!r}")
+        branch_settings("kernel_sizes", self.kernel_sizes, [3] * self.branches, odd=True)
+        branch_settings("dilations", self.dilations, range(1, self.branches + 1))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -257,6 +265,8 @@ class SKResNeXt(Module):
                             groups=config.groups,
                             r=config.r,
                             L=config.L,
+                            kernel_sizes=config.kernel_sizes,
+                            dilations=config.dilations,
                             attention_init=config.attention_init,
                             attention=config.attention,
                             zero_init_residual=config.zero_init_residual,

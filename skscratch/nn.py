@@ -15,13 +15,13 @@ Names follow a PyTorch module tree: a parameter `weight` of a child `conv1` of a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from skscratch.backends import Backend, current_backend, get_backend
-from skscratch.sk import sk_param_shapes
+from skscratch.sk import branch_settings, sk_param_shapes
 
 
 class Parameter:
@@ -310,12 +310,13 @@ ATTENTION_INITS = ("kaiming", "official")
 
 class SKUnit(Module):
     """The SK unit of `skscratch.sk` as a module; `attention` keeps the last a (N, M, C).
+    kernel_sizes and dilations: one per branch (None: 3 and 1, 2, ..., M, the paper's unit).
 
     attention_init: how the fc and select weights start. "kaiming" draws them as every other
     weight here (normal, std sqrt(2 / fan_in)): the select logits then differ by O(1) between
     branches and the attention starts close to hard routing. "official" draws them from
-    N(0, 0.01^2) as the authors' official code does: every select
-    logit starts near 0, so every attention starts near 1/M and training decides the routing.
+    N(0, 0.01^2) as the authors' official code does: every select logit starts near 0, so
+    every attention starts near 1/M and training decides the routing.
     """
 
     def __init__(
@@ -327,6 +328,8 @@ class SKUnit(Module):
         groups: int = 32,
         r: int = 16,
         L: int = 32,
+        kernel_sizes: Sequence[int] | None = None,
+        dilations: Sequence[int] | None = None,
         attention_init: str = "kaiming",
         rng: np.random.Generator,
     ):
@@ -336,9 +339,9 @@ class SKUnit(Module):
                 f"attention_init must be one of {ATTENTION_INITS}, got {attention_init!r}"
             )
         self.stride, self.groups = stride, groups
-        for name, shape in sk_param_shapes(
-            channels, branches=branches, groups=groups, r=r, L=L
-        ).items():
+        self.dilations = branch_settings("dilations", dilations, range(1, branches + 1))
+        shapes = dict(branches=branches, groups=groups, r=r, L=L, kernel_sizes=kernel_sizes)
+        for name, shape in sk_param_shapes(channels, **shapes).items():
             if name.endswith("running_mean"):
                 self.buffers[name] = np.zeros(shape, dtype=np.float32)
             elif name.endswith("running_var"):
@@ -347,7 +350,7 @@ class SKUnit(Module):
                 fill = np.ones if name.endswith("weight") else np.zeros
                 self.params[name] = Parameter(fill(shape, dtype=np.float32))
             elif name.startswith("convs."):
-                fan_out = shape[0] // groups * 9
+                fan_out = shape[0] // groups * shape[2] * shape[3]
                 self.params[name] = Parameter(_kaiming_normal(rng, shape, fan_out))
             elif attention_init == "kaiming":  # fc.weight, select.weight
                 self.params[name] = Parameter(_kaiming_normal(rng, shape, shape[1]))
@@ -357,9 +360,8 @@ class SKUnit(Module):
 
     def forward(self, x):
         params = {name: p.data for name, p in self.params.items()} | self.buffers
-        out, self._cache = self.ops.sk_unit_forward(
-            x, params, stride=self.stride, groups=self.groups, training=self.training
-        )
+        options = dict(stride=self.stride, groups=self.groups, dilations=self.dilations)
+        out, self._cache = self.ops.sk_unit_forward(x, params, **options, training=self.training)
         self.buffers.update(self._cache.running_stats)
         self.attention = self._cache.a
         return out

@@ -2,8 +2,9 @@
 
 Input X: (N, C, H, W). M branches, G groups, reduction r, floor L; d = max(C // r, L).
 
-    Split   U_m = ReLU(BN_m(conv_m(X)))     m = 1..M: grouped 3x3 conv, dilation m, padding m,
-                                            the unit's stride; each U_m is (N, C, H', W')
+    Split   U_m = ReLU(BN_m(conv_m(X)))     m = 1..M: grouped k_m x k_m conv, dilation D_m,
+                                            padding D_m (k_m - 1) / 2, the unit's stride;
+                                            each U_m is (N, C, H', W')
     Fuse    U = U_1 + ... + U_M
             s = global average pool of U    (N, C)
             z = ReLU(BN_fc(s @ W_fc.T))     (N, d),  W_fc: (d, C)
@@ -11,13 +12,18 @@ Input X: (N, C, H, W). M branches, G groups, reduction r, floor L; d = max(C // 
             a = softmax over M              a[n, :, c] sums to 1
             V = sum_m a_m * U_m             a_m broadcast over H' x W'
 
+The paper's SK unit has 3x3 kernels with dilations 1, 2, ..., M (its branch of dilation 2 sees
+as far as a 5x5 kernel): those are the defaults. Its ablations change them per branch (a 5x5
+kernel, or a 3x3 one of dilation 1, beside the first): the kernel size k_m is the size of
+branch m's weights, the dilations are an argument.
+
 The backward pass below undoes these steps in reverse. The one subtle point is that every U_m
 reaches the output twice: directly, weighted by a_m, and through the fused statistics s (which
 decide a). Its gradient is the sum of the two paths.
 
 Parameter keys (a PyTorch module tree would name them the same way):
 
-    convs.{m}.weight                                   (C, C // G, 3, 3)
+    convs.{m}.weight                                   (C, C // G, k_m, k_m)
     bns.{m}.weight, bns.{m}.bias                       (C,)
     fc.weight                                          (d, C)
     fc_bn.weight, fc_bn.bias                           (d,)
@@ -30,7 +36,7 @@ updated, in `cache.running_stats`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -57,18 +63,41 @@ def sk_hidden_size(channels: int, r: int = 16, L: int = 32) -> int:
 
 
 def sk_param_shapes(
-    channels: int, *, branches: int = 2, groups: int = 32, r: int = 16, L: int = 32
+    channels: int,
+    *,
+    branches: int = 2,
+    groups: int = 32,
+    r: int = 16,
+    L: int = 32,
+    kernel_sizes: Sequence[int] | None = None,
 ) -> dict[str, tuple[int, ...]]:
-    """The keys and shapes of an SK unit's parameters and running statistics."""
+    """The keys and shapes of an SK unit's parameters and running statistics; kernel_sizes
+    holds each branch's (odd) kernel size, 3 for every branch if None."""
     if channels % groups:
         raise ValueError(f"channels ({channels}) must be divisible by groups ({groups})")
-    return _shapes(channels, branches, groups, sk_hidden_size(channels, r, L))
+    kernels = branch_settings("kernel_sizes", kernel_sizes, [3] * branches, odd=True)
+    return _shapes(channels, kernels, groups, sk_hidden_size(channels, r, L))
 
 
-def _shapes(c: int, branches: int, groups: int, d: int) -> dict[str, tuple[int, ...]]:
+def branch_settings(
+    name: str, values: Sequence[int] | None, default: Sequence[int], *, odd: bool = False
+) -> tuple[int, ...]:
+    """One positive int per branch (`default`, one per branch, if values is None), checked."""
+    if values is None:
+        return tuple(default)
+    values = tuple(positive_int(f"{name}[{m}]", v) for m, v in enumerate(values))
+    if len(values) != len(default):
+        raise ValueError(f"{name} must hold one value per branch ({len(default)}), got {values}")
+    if odd and not all(v % 2 for v in values):
+        raise ValueError(f"{name} must be odd (a kernel centred on its pixel), got {values}")
+    return values
+
+
+def _shapes(c: int, kernels: Sequence[int], groups: int, d: int) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {}
-    for m in range(branches):
-        shapes[f"convs.{m}.weight"] = (c, c // groups, 3, 3)
+    branches = len(kernels)
+    for m, k in enumerate(kernels):
+        shapes[f"convs.{m}.weight"] = (c, c // groups, k, k)
         for key in ("weight", "bias", *BN_STATS):
             shapes[f"bns.{m}.{key}"] = (c,)
     shapes["fc.weight"] = (d, c)
@@ -84,7 +113,8 @@ def check_params(params: dict[str, NDArray], x: NDArray, groups: int) -> int:
     M is the highest branch index among the convs.* and bns.* keys, plus one, so a missing
     branch is reported as missing. d is read from the arrays that carry it (fc.weight, the four
     fc_bn arrays, select.weight), taking the value most of them agree on, so that the one
-    wrong array is the one named.
+    wrong array is the one named. A branch's kernel size is its weight's last dimension, which
+    must be odd (3 where the weight has no such dimension, for the error to name it).
     """
     if not isinstance(params, Mapping):
         raise TypeError(f"params must be a dict of arrays, got {type(params).__name__}")
@@ -107,7 +137,8 @@ def check_params(params: dict[str, NDArray], x: NDArray, groups: int) -> int:
         if k in arrays and arrays[k].ndim == 2
     ]
     d = max(set(d_votes), key=d_votes.count) if d_votes else 1
-    expected = _shapes(channels, branches, groups, d)
+    kernels = [_kernel_size(arrays.get(f"convs.{m}.weight")) for m in range(branches)]
+    expected = _shapes(channels, kernels, groups, d)
     missing = [k for k in expected if k not in params]
     if missing:
         raise ValueError(f"params is missing {missing}")
@@ -118,10 +149,17 @@ def check_params(params: dict[str, NDArray], x: NDArray, groups: int) -> int:
         if arrays[key].shape != shape:
             raise ValueError(
                 f"params[{key!r}] must have shape {shape} for {channels} channels, {groups} "
-                f"groups, {branches} branches and d = {d}; got {arrays[key].shape}"
+                f"groups, {branches} branches, kernel sizes {tuple(kernels)} and d = {d}; "
+                f"got {arrays[key].shape}"
             )
         same_dtype(f"params[{key!r}]", arrays[key], "x", x)
     return branches
+
+
+def _kernel_size(weight: NDArray | None) -> int:
+    """The kernel size a branch's weight (C, C // G, k, k) has, if it is odd; else 3."""
+    k = weight.shape[-1] if weight is not None and weight.ndim == 4 else 3
+    return k if k % 2 else 3
 
 
 def bn_params(params: dict[str, NDArray], prefix: str) -> list[NDArray]:
@@ -147,33 +185,37 @@ def sk_unit_forward(
     *,
     stride: int = 1,
     groups: int = 32,
+    dilations: Sequence[int] | None = None,
     training: bool = True,
     momentum: float = 0.1,
     eps: float = 1e-5,
 ) -> tuple[NDArray, SKCache]:
     """SK unit forward. x: (N, C, H, W); params: the keys of `sk_param_shapes`.
 
-    The number of branches M is read from the params (convs.0 .. convs.{M-1}); every key and
-    shape is checked first, and an error names the key that is missing or wrong.
-    Returns V: (N, C, H', W') with H' = (H - 1) // stride + 1, and the cache, whose field `a`
-    holds the attention (N, M, C) and `running_stats` the updated batch-norm statistics.
+    The number of branches M is read from the params (convs.0 .. convs.{M-1}), and each
+    branch's kernel size k_m from its weight; dilations holds each branch's dilation D_m (1, 2,
+    ..., M if None). Every key and shape is checked first, and an error names the key that is
+    missing or wrong. Returns V: (N, C, H', W') with H' = (H - 1) // stride + 1, and the cache,
+    whose field `a` holds the attention (N, M, C) and `running_stats` the updated batch-norm
+    statistics.
     """
-    x, groups, n_branches = checked_input(x, params, groups, training)
+    x, groups, dilations = checked_input(x, params, groups, dilations, training)
     # Split, Fuse, Select as in the module docstring, from the forward functions of the other
     # exercises; return V and an SKCache of every cache, the attention a and the updated
     # running statistics.
     # BEGIN SOLUTION
     bn = dict(training=training, momentum=momentum, eps=eps)
     stats: dict[str, NDArray] = {}
+    n_branches = len(dilations)
 
-    # Split: branch m is a 3x3 conv with dilation m + 1 (and as much padding, keeping the size),
-    # then batch norm and ReLU.
+    # Split: branch m is a k x k conv with dilation D_m, padded by D_m (k - 1) / 2 on each side
+    # (which keeps the size), then batch norm and ReLU.
     branches, branch_caches = [], []
-    for m in range(n_branches):
-        dilation = m + 1
+    for m, dilation in enumerate(dilations):
         weight = params[f"convs.{m}.weight"]
+        padding = dilation * (weight.shape[-1] - 1) // 2
         u, conv_cache = conv2d_forward(
-            x, weight, stride=stride, padding=dilation, dilation=dilation, groups=groups
+            x, weight, stride=stride, padding=padding, dilation=dilation, groups=groups
         )
         u, stats[f"bns.{m}.running_mean"], stats[f"bns.{m}.running_var"], bn_cache = (
             batchnorm_forward(u, *bn_params(params, f"bns.{m}"), **bn)
@@ -250,8 +292,9 @@ def sk_unit_backward(dout: NDArray, cache: SKCache) -> tuple[NDArray, dict[str, 
     # END SOLUTION
 
 
-def checked_input(x, params, groups, training) -> tuple[NDArray, int, int]:
-    """Check the SK unit's input and parameters; return (x as an array, groups, M)."""
+def checked_input(x, params, groups, dilations, training) -> tuple[NDArray, int, tuple[int, ...]]:
+    """Check the SK unit's input, parameters and dilations; return (x as an array, groups, the
+    dilation of each of the M branches)."""
     x = float_array("x", x, ndim=4)
     nonempty("x", x)
     if training and x.shape[0] < 2:
@@ -260,7 +303,8 @@ def checked_input(x, params, groups, training) -> tuple[NDArray, int, int]:
             f"normalises over the batch), got shape {x.shape}"
         )
     groups = positive_int("groups", groups)
-    return x, groups, check_params(params, x, groups)
+    branches = check_params(params, x, groups)
+    return x, groups, branch_settings("dilations", dilations, range(1, branches + 1))
 
 
 def checked_dout(dout, first_branch: NDArray) -> NDArray:

@@ -67,8 +67,9 @@ def _leaf(m: Module, shape: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
     if isinstance(m, SKUnit):
         convs = [p.data for name, p in m.params.items() if name.startswith("convs.")]
         macs = 0
-        for branch, w in enumerate(convs):  # branch m has dilation m + 1, padded to keep size
-            out, cost = _conv(shape, w.shape[0], w.shape[1], 3, m.stride, branch + 1, branch + 1)
+        for w, d in zip(convs, m.dilations, strict=True):  # each branch padded to keep the size
+            k = w.shape[-1]
+            out, cost = _conv(shape, w.shape[0], w.shape[1], k, m.stride, d * (k - 1) // 2, d)
             macs += cost
         macs += m.params["fc.weight"].data.size + m.params["select.weight"].data.size
         return out, macs

@@ -266,10 +266,13 @@ class SKCase:
     L: int
     training: bool
     seed: int
+    kernels: tuple[int, ...] | None = None  # per branch; None: the paper's 3x3 everywhere
+    dilations: tuple[int, ...] | None = None  # per branch; None: the paper's 1, 2, ..., M
 
     @property
     def options(self) -> dict:
-        return {"stride": self.stride, "groups": self.groups, "training": self.training}
+        options = {"stride": self.stride, "groups": self.groups, "training": self.training}
+        return options | ({} if self.dilations is None else {"dilations": self.dilations})
 
     def arrays(self, dtype=np.float64) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """x (N, C, H, W) and the parameters, all well scaled.
@@ -283,8 +286,9 @@ class SKCase:
 
         rng = np.random.default_rng(self.seed)
         shapes = sk_param_shapes(
-            self.channels, branches=self.branches, groups=self.groups, r=self.r, L=self.L
-        )
+            self.channels, branches=self.branches, groups=self.groups, r=self.r, L=self.L,
+            kernel_sizes=self.kernels,
+        )  # fmt: skip
         params = {}
         for key, shape in shapes.items():
             if key.endswith("running_var"):
@@ -307,12 +311,15 @@ class SKCase:
 
 @st.composite
 def sk_cases(draw, min_n: int = 3) -> SKCase:
-    """Groups first and channels as a multiple of them (at least 2 channels).
+    """Groups first and channels as a multiple of them (at least 2 channels). Half the cases
+    have the paper's branches (3x3, dilations 1..M), half kernel sizes of 1, 3 or 5 and
+    dilations of 1 or 2 drawn per branch.
 
-    The plane is at least M + 2 on each side: branch M has dilation M and as much padding, and on
-    a smaller plane its outer taps only ever read padding. Its output is then one weight times
-    one pixel per channel, which the batch norm after it divides out again, so those weights get
-    a gradient of exactly 0 and finite differences measure rounding.
+    The plane is at least P + 2 on each side, P the largest padding D (k - 1) / 2 of a branch
+    (M for the paper's): on a smaller plane that branch's outer taps only ever read padding. Its
+    output is then one weight times one pixel per channel, which the batch norm after it divides
+    out again, so those weights get a gradient of exactly 0 and finite differences measure
+    rounding.
 
     N >= 3: with N = 2 the fuse step's batch norm maps each channel to +-1 whatever its input
     (see `check_sk_unit`), which zeroes the gradient of fc.weight in the same way.
@@ -321,12 +328,18 @@ def sk_cases(draw, min_n: int = 3) -> SKCase:
     groups = draw(st.integers(1, 3))
     channels = groups * draw(st.integers(2 if groups == 1 else 1, 2))
     training = draw(st.booleans())
+    kernels = dilations = None
+    padding = branches
+    if draw(st.booleans()):
+        kernels = tuple(draw(st.sampled_from([1, 3, 5])) for _ in range(branches))
+        dilations = tuple(draw(st.integers(1, 2)) for _ in range(branches))
+        padding = max(d * (k - 1) // 2 for k, d in zip(kernels, dilations, strict=True))
     return SKCase(
         # Training-mode batch norm of z (N, d) needs at least 2 images.
         n=draw(st.integers(max(min_n, 2) if training else min_n, 4)),
         channels=channels,
-        h=branches + 2 + draw(st.integers(0, 2)),
-        w=branches + 2 + draw(st.integers(0, 2)),
+        h=padding + 2 + draw(st.integers(0, 2)),
+        w=padding + 2 + draw(st.integers(0, 2)),
         branches=branches,
         groups=groups,
         stride=draw(st.sampled_from([1, 2])),
@@ -334,6 +347,8 @@ def sk_cases(draw, min_n: int = 3) -> SKCase:
         L=draw(st.integers(2, 4)),
         training=training,
         seed=draw(seeds),
+        kernels=kernels,
+        dilations=dilations,
     )
 
 

@@ -1,5 +1,5 @@
 """The paper's ablations as network switches: the branches summed without attention, one branch
-as ResNeXt's block, and M = 3."""
+as ResNeXt's block, M = 3, and kernel sizes and dilations per branch."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from skscratch.nn import SKUnit
 from skscratch.summary import layers
 
 TINY = PRESETS["tiny"]
+# The paper's Table 3 compares 3x3 and 5x5 kernels (dilation 1) with the 3x3 of dilation 2.
+KERNELS = {"kernel_sizes": (3, 5), "dilations": (1, 1)}
 
 
 def _units(model):
@@ -62,7 +64,11 @@ def test_without_attention_only_the_fuse_and_select_weights_go():
     assert summed.num_parameters() == sk.num_parameters() - attention
 
 
-@pytest.mark.parametrize("changes", [{"attention": False}, {"branches": 1}, {"branches": 3}])
+@pytest.mark.parametrize(
+    "changes",
+    [{"attention": False}, {"branches": 1}, {"branches": 3}, KERNELS,
+     KERNELS | {"attention": False}],
+)  # fmt: skip
 def test_the_counter_agrees_with_a_forward_pass(changes):
     model = SKResNeXt(dataclasses.replace(TINY, **changes), backend="reference")
     rows = layers(model, (3, 32, 32))
@@ -71,7 +77,9 @@ def test_the_counter_agrees_with_a_forward_pass(changes):
 
 
 @pytest.mark.parametrize("backend", ["reference", "fast"])
-@pytest.mark.parametrize("changes", [{"attention": False}, {"branches": 1}])
+@pytest.mark.parametrize(
+    "changes", [{"attention": False}, {"branches": 1}, KERNELS | {"attention": False}]
+)
 def test_the_summed_branches_backward_matches_finite_differences(changes, backend):
     model = SKResNeXt(dataclasses.replace(TINY, **changes), backend=backend).astype(np.float64)
     unit = _units(model)[1]
@@ -92,7 +100,9 @@ def test_the_summed_branches_backward_matches_finite_differences(changes, backen
     np.testing.assert_allclose(dx, numeric, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("changes", [{"attention": False}, {"branches": 1}, {"branches": 3}])
+@pytest.mark.parametrize(
+    "changes", [{"attention": False}, {"branches": 1}, {"branches": 3}, KERNELS]
+)
 def test_each_ablation_trains_a_step(changes):
     model = SKResNeXt(dataclasses.replace(TINY, **changes))
     rng = np.random.default_rng(0)
@@ -100,3 +110,27 @@ def test_each_ablation_trains_a_step(changes):
     _, dlogits = softmax_cross_entropy(model.forward(x), rng.integers(0, 10, 4))
     model.backward(dlogits)
     assert all(p.grad is not None and np.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("attention", [True, False])
+def test_kernel_sizes_and_dilations_reach_every_branch(attention):
+    config = dataclasses.replace(TINY, kernel_sizes=(5, 3), dilations=(1, 2), attention=attention)
+    model = SKResNeXt(config, backend="reference")
+    for unit in _units(model):
+        names = dict(unit.named_parameters())
+        assert names["convs.0.weight"].data.shape[2:] == (5, 5)
+        assert names["convs.1.weight"].data.shape[2:] == (3, 3)
+    # Both branches keep the size: 5x5 padded by 2, 3x3 of dilation 2 padded by 2.
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    assert model.forward(x).shape == (2, 10)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [({"kernel_sizes": (3,)}, "one value per branch"), ({"kernel_sizes": (3, 4)}, "odd"),
+     ({"dilations": (1, 2, 3)}, "one value per branch"), ({"dilations": (0, 1)}, "at least 1"),
+     ({"branches": 3, "kernel_sizes": (3, 5)}, "one value per branch")],
+)  # fmt: skip
+def test_a_configuration_with_wrong_branch_settings_is_refused(changes, message):
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(TINY, **changes)

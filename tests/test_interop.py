@@ -26,7 +26,8 @@ from skscratch.losses import softmax_cross_entropy  # noqa: E402
 from skscratch.models import PRESETS, SKNetConfig, SKResNeXt  # noqa: E402
 
 # The paper networks' ImageNet stem (7x7 stride-2 convolution, max pool) on a small network.
-# and the ablations: the branches summed without attention, one branch (ResNeXt's block).
+# and the ablations: the branches summed without attention, one branch (ResNeXt's block), other
+# kernel sizes and dilations per branch.
 CONFIGS = PRESETS | {
     "tiny, ImageNet stem": SKNetConfig(
         stem=8, mids=(8, 16), outs=(16, 32), depths=(1, 1), groups=4, L=8, strides=(1, 2),
@@ -34,6 +35,12 @@ CONFIGS = PRESETS | {
     ),
     "tiny, summed branches": dataclasses.replace(PRESETS["tiny"], attention=False),
     "tiny, one branch": dataclasses.replace(PRESETS["tiny"], branches=1),
+    "tiny, 3x3 and 5x5": dataclasses.replace(
+        PRESETS["tiny"], kernel_sizes=(3, 5), dilations=(1, 1)
+    ),
+    "tiny, 5x5 and 3x3 summed": dataclasses.replace(
+        PRESETS["tiny"], kernel_sizes=(5, 3), dilations=(1, 3), attention=False
+    ),
 }  # fmt: skip
 
 
@@ -58,7 +65,7 @@ def assert_close(ours, theirs, rtol, name=""):
 @pytest.mark.parametrize(
     "preset",
     ["tiny", "default", "bench535k", "tiny, ImageNet stem", "tiny, summed branches",
-     "tiny, one branch"],
+     "tiny, one branch", "tiny, 3x3 and 5x5", "tiny, 5x5 and 3x3 summed"],
 )  # fmt: skip
 def test_twin_computes_the_same_outputs_gradients_and_statistics(preset, backend):
     model = _model(preset, backend=backend)

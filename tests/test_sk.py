@@ -38,23 +38,24 @@ on_both_backends = pytest.mark.parametrize("backend", BACKENDS)
 # ------------------------------------------------------------------- the recomputation, by hand
 
 
-def conv3x3(x, w, *, stride, dilation, groups):
-    """A 3x3 grouped convolution with padding = dilation, as a sum over the nine taps.
+def conv_by_taps(x, w, *, stride, dilation, groups):
+    """A k x k grouped convolution (k odd) with padding dilation (k - 1) / 2, which keeps the
+    size, as a sum over the k * k taps.
 
     Tap (i, j) of output (oy, ox) reads padded input (oy*stride + i*dilation, ox*stride +
     j*dilation): one strided slice of the padded input per tap, multiplied into the weights.
     """
     n, c_in, h, wd = x.shape
-    c_out = w.shape[0]
+    c_out, k = w.shape[0], w.shape[-1]
     cg_in, cg_out = c_in // groups, c_out // groups
-    d = dilation
-    xp = np.pad(x, ((0, 0), (0, 0), (d, d), (d, d)))
+    d, pad = dilation, dilation * (k - 1) // 2
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
     ho, wo = (h - 1) // stride + 1, (wd - 1) // stride + 1
     out = np.zeros((n, c_out, ho, wo))
     for g in range(groups):
         cin, cout = slice(g * cg_in, (g + 1) * cg_in), slice(g * cg_out, (g + 1) * cg_out)
-        for i in range(3):
-            for j in range(3):
+        for i in range(k):
+            for j in range(k):
                 patch = xp[
                     :,
                     cin,
@@ -82,14 +83,16 @@ def batch_norm(x, p, prefix, *, training, momentum=0.1, eps=1e-5):
     return out, {f"{prefix}.running_mean": new_rm, f"{prefix}.running_var": new_rv}
 
 
-def sk_by_hand(x, p, *, stride, groups, training):
+def sk_by_hand(x, p, *, stride, groups, training, dilations=None):
     """Split, Fuse, Select, as SKNET.md writes them. Returns V, a (N, M, C), running stats."""
     n_branches = sum(1 for k in p if k.startswith("convs."))
+    dilations = range(1, n_branches + 1) if dilations is None else dilations
     stats = {}
-    # Split: branch m has dilation m + 1 (the first is a plain 3x3), then BN and ReLU.
+    # Split: branch m has dilation m + 1 (the first is a plain 3x3) unless dilations say
+    # otherwise, then BN and ReLU.
     branches = []
-    for m in range(n_branches):
-        u = conv3x3(x, p[f"convs.{m}.weight"], stride=stride, dilation=m + 1, groups=groups)
+    for m, d in enumerate(dilations):
+        u = conv_by_taps(x, p[f"convs.{m}.weight"], stride=stride, dilation=d, groups=groups)
         u, new = batch_norm(u, p, f"bns.{m}", training=training)
         stats |= new
         branches.append(np.maximum(u, 0))
@@ -208,7 +211,7 @@ def test_running_stats_follow_pytorch_momentum_and_unbiased_variance():
         elif key.endswith("running_var"):
             params[key] = np.ones_like(params[key])
     _, cache = sk_unit_forward(x, params, **case.options, momentum=0.1)
-    pre = conv3x3(x, params["convs.0.weight"], stride=1, dilation=1, groups=1)
+    pre = conv_by_taps(x, params["convs.0.weight"], stride=1, dilation=1, groups=1)
     np.testing.assert_allclose(
         cache.running_stats["bns.0.running_mean"], 0.1 * pre.mean(axis=(0, 2, 3)), rtol=1e-12
     )
@@ -449,4 +452,48 @@ def test_params_without_any_branch_are_refused(backend):
     for key in [k for k in params if k.startswith("convs.")]:
         del params[key]
     with pytest.raises(ValueError, match="convs.0.weight"):
+        get_backend(backend).sk_unit_forward(x, params, **BAD_CASE.options)
+
+
+@on_both_backends
+def test_a_branch_of_another_kernel_size_keeps_the_size_of_the_output(backend):
+    # The ablations' branches: 3x3 and 5x5 (both dilation 1), then 3x3 with dilation 2 twice.
+    for kernels, dilations in (((3, 5), (1, 1)), ((3, 3), (2, 2))):
+        case = SKCase(3, 4, 7, 6, branches=2, groups=2, stride=2, r=1, L=2, training=True,
+                      seed=5, kernels=kernels, dilations=dilations)  # fmt: skip
+        x, params = case.arrays()
+        assert params["convs.1.weight"].shape == (4, 2, kernels[1], kernels[1])
+        out, cache = get_backend(backend).sk_unit_forward(x, params, **case.options)
+        assert out.shape == (3, 4, 4, 3)
+        v, a, _ = sk_by_hand(x, params, **case.options)
+        np.testing.assert_allclose(out, v, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(cache.a, a, rtol=1e-10, atol=1e-12)
+
+
+@on_both_backends
+@pytest.mark.parametrize(
+    ("dilations", "message"),
+    [((1,), r"one value per branch \(2\)"), ((1, 0), r"dilations\[1\] must be at least 1"),
+     ((1, 2.0), r"dilations\[1\] must be an int")],
+)  # fmt: skip
+def test_wrong_dilations_are_refused(backend, dilations, message):
+    x, params = BAD_CASE.arrays()
+    options = BAD_CASE.options | {"dilations": dilations}
+    with pytest.raises((ValueError, TypeError), match=message):
+        get_backend(backend).sk_unit_forward(x, params, **options)
+
+
+def test_kernel_sizes_must_be_odd_and_one_per_branch():
+    assert sk_param_shapes(4, groups=2, kernel_sizes=(3, 5))["convs.1.weight"] == (4, 2, 5, 5)
+    with pytest.raises(ValueError, match="must be odd"):
+        sk_param_shapes(4, groups=2, kernel_sizes=(3, 4))
+    with pytest.raises(ValueError, match="one value per branch"):
+        sk_param_shapes(4, branches=3, groups=2, kernel_sizes=(3, 5))
+
+
+@on_both_backends
+def test_an_even_kernel_is_refused_by_name(backend):
+    x, params = BAD_CASE.arrays()
+    params["convs.1.weight"] = np.ones((*params["convs.1.weight"].shape[:2], 4, 4))
+    with pytest.raises(ValueError, match=r"convs\.1\.weight.*kernel sizes \(3, 3\)"):
         get_backend(backend).sk_unit_forward(x, params, **BAD_CASE.options)

@@ -559,6 +559,31 @@ def test_the_initialisation_options_change_the_model_and_are_recorded(capsys, tm
     assert PRESETS["tiny"].zero_init_residual is True
 
 
+def test_the_branch_options_change_the_model_and_are_recorded(capsys, tmp_path, archive):
+    out = tmp_path / "run"
+    code, _, err = main(capsys, "train", "--data", archive, "--out", out, *BACKEND_ARGS,
+                        "--kernel-sizes", "3,5", "--dilations", "1,1")  # fmt: skip
+    assert code == 0, err
+    checkpoint = load_checkpoint(out / "checkpoint.npz")
+    config = checkpoint[0]["model_config"]
+    assert tuple(config["kernel_sizes"]) == (3, 5) and tuple(config["dilations"]) == (1, 1)
+    assert checkpoint[1]["stages.0.0.sk.convs.1.weight"].shape[2:] == (5, 5)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(("--kernel-sizes", "3,4"), "kernel_sizes must be odd"),
+     (("--branches", "3", "--dilations", "1,2"), "dilations must hold one value per branch (3)"),
+     (("--kernel-sizes", "3,x"), "must be ints separated by commas")],
+)  # fmt: skip
+def test_wrong_branch_options_are_one_line_errors(tmp_path, archive, args, message):
+    out = tmp_path / "run"
+    result = skscratch("train", "--data", archive, "--out", out, *BACKEND_ARGS, *args)
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, message)
+    assert not out.exists()
+
+
 def test_the_reference_backend_trains_end_to_end(capsys, tmp_path, archive, fake_data):
     out = tmp_path / "run"
     code, stdout, err = main(

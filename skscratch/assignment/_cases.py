@@ -247,11 +247,11 @@ def _branch_softmax(rng, hidden):
     return [forward, backward]
 
 
-def _sk_params(rng, c, branches, groups, d):
+def _sk_params(rng, c, branches, groups, d, kernels=None):
     p = {}
-    for m in range(branches):
-        fan_in = 9 * c // groups
-        p[f"convs.{m}.weight"] = rng.standard_normal((c, c // groups, 3, 3)) / np.sqrt(fan_in)
+    for m, k in enumerate(kernels or [3] * branches):
+        fan_in = k * k * c // groups
+        p[f"convs.{m}.weight"] = rng.standard_normal((c, c // groups, k, k)) / np.sqrt(fan_in)
         p[f"bns.{m}.weight"] = rng.uniform(0.5, 1.5, c)
         p[f"bns.{m}.bias"] = rng.normal(0, 0.5, c)
         p[f"bns.{m}.running_mean"] = rng.normal(0, 0.3, c)
@@ -263,39 +263,50 @@ def _sk_params(rng, c, branches, groups, d):
     return p
 
 
-SK = {  # (n, c, h, branches, groups, d, stride)
-    False: [(3, 4, 5, 2, 2, 3, 1), (3, 4, 6, 2, 2, 3, 2), (2, 4, 4, 3, 4, 2, 1)],
-    True: [(2, 6, 4, 2, 3, 2, 1), (3, 4, 5, 2, 4, 3, 2), (3, 2, 5, 3, 1, 2, 2)],
-}
+SK = {  # (n, c, h, branches, groups, d, stride[, kernel sizes, dilations])
+    False: [(3, 4, 5, 2, 2, 3, 1), (3, 4, 6, 2, 2, 3, 2), (2, 4, 4, 3, 4, 2, 1),
+            (2, 4, 5, 2, 2, 2, 1, (3, 5), (1, 1))],
+    True: [(2, 6, 4, 2, 3, 2, 1), (3, 4, 5, 2, 4, 3, 2), (3, 2, 5, 3, 1, 2, 2),
+           (3, 4, 6, 2, 2, 3, 2, (5, 3), (1, 2))],
+}  # fmt: skip
 
 
 def _sk_unit(rng, hidden):
     return [case for shape in SK[hidden] for case in _sk_unit_cases(rng, *shape)]
 
 
-def _sk_unit_cases(rng, n, c, h, branches, groups, d, stride):
-    p = _sk_params(rng, c, branches, groups, d)
+def _sk_unit_cases(rng, n, c, h, branches, groups, d, stride, kernels=None, dilations=None):
+    p = _sk_params(rng, c, branches, groups, d, kernels)
     x = rng.standard_normal((n, c, h, h))
     inputs = {"x": x} | {f"p.{k}": v for k, v in p.items()}
     words = f"M={branches}, G={groups}, stride {stride}, x {x.shape}"
+    split = {"stride": stride, "groups": groups}
+    if kernels is not None:  # the paper's ablations: other kernel sizes and dilations
+        words += f", kernel sizes {kernels}, dilations {dilations}"
+        split["dilations"] = dilations
     cases = []
     for training in (True, False):
-        opts = {"stride": stride, "groups": groups, "training": training}
         mode = "training" if training else "evaluation"
         check = "forward" if training else "forward, evaluation"
-        case = Case(check, f"sk_unit_forward, {words}, {mode}", "sk_unit_forward", inputs, opts)
-        _reference(case, "out", sk_unit_reference(x, p, stride, groups, training=training))
+        case = Case(check, f"sk_unit_forward, {words}, {mode}", "sk_unit_forward", inputs,
+                    split | {"training": training})  # fmt: skip
+        out = sk_unit_reference(x, p, stride, groups, training=training, dilations=dilations)
+        _reference(case, "out", out)
         cases.append(case)
     dout = rng.standard_normal(case.expected["out"][1].shape)
     case = Case("backward", f"sk_unit_backward, {words}", "sk_unit_backward",
-                inputs | {"dout": dout}, {"stride": stride, "groups": groups})  # fmt: skip
-    _gradient(case, "dx", lambda v: sk_unit_reference(v, p, stride, groups), x, dout, rng)
+                inputs | {"dout": dout}, split)  # fmt: skip
+
+    def reference(x, p):
+        return sk_unit_reference(x, p, stride, groups, dilations=dilations)
+
+    _gradient(case, "dx", lambda v: reference(v, p), x, dout, rng)
     for key, value in p.items():
         if key.endswith(("running_mean", "running_var")):
             continue  # statistics, not parameters: they have no gradient
 
         def f(v, key=key):
-            return sk_unit_reference(x, p | {key: v}, stride, groups)
+            return reference(x, p | {key: v})
 
         _gradient(case, f"d.{key}", f, value, dout, rng)
     cases.append(case)

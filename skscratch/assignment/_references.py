@@ -92,9 +92,11 @@ def softmax(z, axis):
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def sk_unit_reference(x, p, stride, groups, training=True):
+def sk_unit_reference(x, p, stride, groups, training=True, dilations=None):
     """The SK unit from the formulas: Split, Fuse, Select. In training mode every batch norm
-    normalises with its batch's statistics, in evaluation mode with its running ones."""
+    normalises with its batch's statistics, in evaluation mode with its running ones. Branch m
+    convolves with its weight's kernel size k and dilation dilations[m] (m + 1 if None), padded
+    by dilation (k - 1) / 2."""
 
     def bn(v, prefix):
         stats = batch_stats(v) if training else (p[f"{prefix}.running_mean"],
@@ -104,8 +106,9 @@ def sk_unit_reference(x, p, stride, groups, training=True):
     m_count = sum(1 for k in p if k.startswith("convs."))
     branches = []
     for m in range(m_count):
-        d = m + 1
-        u = conv_loops(x, p[f"convs.{m}.weight"], None, stride, d, d, groups)
+        d = m + 1 if dilations is None else dilations[m]
+        w = p[f"convs.{m}.weight"]
+        u = conv_loops(x, w, None, stride, d * (w.shape[-1] - 1) // 2, d, groups)
         branches.append(np.maximum(bn(u, f"bns.{m}"), 0))
     s = sum(branches).mean(axis=(2, 3))
     z = np.maximum(bn(s @ p["fc.weight"].T, "fc_bn"), 0)

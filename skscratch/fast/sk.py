@@ -8,6 +8,7 @@ Fuse pools each branch and adds the pools (pooling is linear), which never write
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -39,20 +40,22 @@ def sk_unit_forward(
     *,
     stride: int = 1,
     groups: int = 32,
+    dilations: Sequence[int] | None = None,
     training: bool = True,
     momentum: float = 0.1,
     eps: float = 1e-5,
 ) -> tuple[NDArray, SKCache]:
     """`skscratch.sk.sk_unit_forward` on the fast backend."""
-    x, groups, n_branches = checked_input(x, params, groups, training)
+    x, groups, dilations = checked_input(x, params, groups, dilations, training)
     bn = dict(training=training, momentum=momentum, eps=eps)
     stats: dict[str, NDArray] = {}
+    n_branches = len(dilations)
     branches, branch_caches = [], []
-    for m in range(n_branches):
-        dilation = m + 1
+    for m, dilation in enumerate(dilations):
         weight = params[f"convs.{m}.weight"]
+        padding = dilation * (weight.shape[-1] - 1) // 2
         u, conv_cache = conv2d_forward(
-            x, weight, stride=stride, padding=dilation, dilation=dilation, groups=groups
+            x, weight, stride=stride, padding=padding, dilation=dilation, groups=groups
         )
         u, stats[f"bns.{m}.running_mean"], stats[f"bns.{m}.running_var"], bn_relu_cache = (
             batchnorm_relu_forward(u, *bn_params(params, f"bns.{m}"), **bn)

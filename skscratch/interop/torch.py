@@ -16,6 +16,8 @@ module without it raises an ImportError that says so.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -28,14 +30,27 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from skscratch.models import SKNetConfig, SKResNeXt
-from skscratch.sk import sk_hidden_size
+from skscratch.sk import branch_settings, sk_hidden_size
 
 _COUNTER = "num_batches_tracked"
 
 
+def _branch_convs(channels, stride, branches, groups, kernel_sizes, dilations) -> nn.ModuleList:
+    """The Split's M grouped convolutions, each padded to keep the size (by default 3x3 with
+    dilation m + 1, as skscratch.sk's)."""
+    kernels = branch_settings("kernel_sizes", kernel_sizes, [3] * branches, odd=True)
+    dilations = branch_settings("dilations", dilations, range(1, branches + 1))
+    return nn.ModuleList(
+        nn.Conv2d(channels, channels, k, stride=stride, padding=d * (k - 1) // 2, dilation=d,
+                  groups=groups, bias=False)
+        for k, d in zip(kernels, dilations, strict=True)
+    )  # fmt: skip
+
+
 class TorchSKUnit(nn.Module):
-    """skscratch.sk's SK unit: Split (M grouped 3x3 convs, dilation m + 1, BN, ReLU), Fuse
-    (sum, average pool, FC, BN, ReLU), Select (FC to M*C, softmax over M, weighted sum)."""
+    """skscratch.sk's SK unit: Split (M grouped convs, by default 3x3 of dilation m + 1, BN,
+    ReLU), Fuse (sum, average pool, FC, BN, ReLU), Select (FC to M*C, softmax over M, weighted
+    sum)."""
 
     def __init__(
         self,
@@ -46,23 +61,13 @@ class TorchSKUnit(nn.Module):
         groups: int = 32,
         r: int = 16,
         L: int = 32,
+        kernel_sizes: Sequence[int] | None = None,
+        dilations: Sequence[int] | None = None,
     ):
         super().__init__()
         d = sk_hidden_size(channels, r, L)
         self.branches = branches
-        self.convs = nn.ModuleList(
-            nn.Conv2d(
-                channels,
-                channels,
-                3,
-                stride=stride,
-                padding=m + 1,
-                dilation=m + 1,
-                groups=groups,
-                bias=False,
-            )
-            for m in range(branches)
-        )
+        self.convs = _branch_convs(channels, stride, branches, groups, kernel_sizes, dilations)
         self.bns = nn.ModuleList(nn.BatchNorm2d(channels) for _ in range(branches))
         self.fc = nn.Linear(channels, d, bias=False)
         self.fc_bn = nn.BatchNorm1d(d)
@@ -79,15 +84,14 @@ class TorchSKUnit(nn.Module):
 
 
 class TorchBranchSum(nn.Module):
-    """skscratch.models.BranchSum: M grouped 3x3 convs (dilation m + 1), BN, ReLU, summed."""
+    """skscratch.models.BranchSum: M grouped convs, BN, ReLU, summed."""
 
-    def __init__(self, channels: int, *, stride: int, branches: int, groups: int):
+    def __init__(
+        self, channels: int, *, stride: int, branches: int, groups: int,
+        kernel_sizes: Sequence[int] | None = None, dilations: Sequence[int] | None = None,
+    ):  # fmt: skip
         super().__init__()
-        self.convs = nn.ModuleList(
-            nn.Conv2d(channels, channels, 3, stride=stride, padding=m + 1, dilation=m + 1,
-                      groups=groups, bias=False)
-            for m in range(branches)
-        )  # fmt: skip
+        self.convs = _branch_convs(channels, stride, branches, groups, kernel_sizes, dilations)
         self.bns = nn.ModuleList(nn.BatchNorm2d(channels) for _ in range(branches))
 
     def forward(self, x):
@@ -99,19 +103,12 @@ class TorchSKBottleneck(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(c_in, c_mid, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(c_mid)
+        split = dict(stride=stride, branches=config.branches, groups=config.groups,
+                     kernel_sizes=config.kernel_sizes, dilations=config.dilations)  # fmt: skip
         if config.attention and config.branches > 1:
-            self.sk = TorchSKUnit(
-                c_mid,
-                stride=stride,
-                branches=config.branches,
-                groups=config.groups,
-                r=config.r,
-                L=config.L,
-            )
+            self.sk = TorchSKUnit(c_mid, r=config.r, L=config.L, **split)
         else:
-            self.sk = TorchBranchSum(
-                c_mid, stride=stride, branches=config.branches, groups=config.groups
-            )
+            self.sk = TorchBranchSum(c_mid, **split)
         self.conv3 = nn.Conv2d(c_mid, c_out, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(c_out)
         self.shortcut = None
