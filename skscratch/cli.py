@@ -203,6 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="zero a random square of this side in each training image, 0 for none "
         "(default: %(default)s)",
     )
+    p.add_argument(
+        "--workers",
+        type=_positive,
+        default=defaults.workers,
+        help="processes that share every step, each on 1/N of the batch, each on one thread "
+        "(skscratch.parallel; its batch norm sees its share) (default: %(default)s)",
+    )
     p.add_argument("--subset", type=_positive, help="train on the first N training images")
     p.add_argument("--test-subset", type=_positive, help="evaluate on the first N test images")
     p.add_argument("--no-augment", action="store_true", help="no random crops and flips")

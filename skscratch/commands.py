@@ -72,6 +72,7 @@ def train(args: argparse.Namespace) -> int:
         test_flips=args.test_flips,
         test_shifts=args.test_shifts,
         cutout=args.cutout,
+        workers=args.workers,
     )
     data = load_cifar10(args.data)
     choices = (

@@ -41,6 +41,8 @@ class TrainConfig:
     # ... and also on the mean over each of those views and the view moved one pixel diagonally
     # either way (skscratch.evaluation).
     test_shifts: bool = True
+    # Processes that share every step, each on 1/workers of the batch (skscratch.parallel).
+    workers: int = 1
 
     def __post_init__(self):
         # Ranges as `not low <= x < high`: NaN fails every comparison, so it is refused too.
@@ -58,6 +60,11 @@ class TrainConfig:
             raise ConfigError(f"warm-up must not be negative, got {self.warmup_epochs} epochs")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 1 <= self.workers <= self.batch_size // 2:
+            raise ConfigError(
+                f"workers must be from 1 to half the batch size ({self.batch_size // 2}: every "
+                f"worker's share needs 2 images for batch norm), got {self.workers}"
+            )
         if not 0 <= self.cutout <= 32:
             raise ConfigError(f"cutout must be from 0 to 32 pixels, got {self.cutout}")
         if self.schedule not in SCHEDULES:

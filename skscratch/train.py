@@ -42,6 +42,7 @@ from skscratch.evaluation import evaluate
 from skscratch.losses import softmax_cross_entropy
 from skscratch.models import SKNetConfig, SKResNeXt
 from skscratch.optim import SGD, learning_rate
+from skscratch.parallel import Team
 from skscratch.recipe import TrainConfig
 from skscratch.runs import (
     CHECKPOINT,
@@ -89,10 +90,11 @@ def run_training(
         run = _start(
             data, out, model_config, config, resume=resume, backend=backend, progress=progress
         )
-        with StopRequest() as stop:
-            while run.position.epoch < run.config.epochs:
-                _train_epoch(run, stop)
-                _finish_epoch(run)
+        with Team(run.model, run.config.workers, run.config.batch_size, backend) as run.team:
+            with StopRequest() as stop:
+                while run.position.epoch < run.config.epochs:
+                    _train_epoch(run, stop)
+                    _finish_epoch(run)
         plot_history(run.history, out / CURVES)
     return run.history
 
@@ -132,6 +134,7 @@ class _Run:
     history: list[dict]  # one dict per finished epoch
     progress: bool  # show progress bars and a line per epoch
     steps: int = 0  # steps run_training has taken in this call (the first compiles kernels)
+    team: Team | None = None  # the processes that share each step (config.workers of them)
 
     @property
     def checkpoint(self) -> Path:
@@ -285,16 +288,17 @@ def _logged_step(run: _Run, order: NDArray, bar: tqdm, started: float) -> None:
 
 
 def _train_batch(run: _Run, x: NDArray, y: NDArray, bar: tqdm) -> tuple[float, int]:
-    """train_step; around the first step of a run_training call on the fast backend, also say
-    how many kernels numba compiled for it and how long it took, which explains a slow step."""
+    """One step (train_step, shared among the run's workers); around the first step of a
+    run_training call on the fast backend, also say how many kernels numba compiled for it and
+    how long it took, which explains a slow step."""
     smoothing = run.config.label_smoothing
     if run.steps > 0 or run.model.backend != "fast":
         run.steps += 1
-        return train_step(run.model, run.optimizer, x, y, label_smoothing=smoothing)
+        return run.team.step(run.model, run.optimizer, x, y, smoothing=smoothing)
     import skscratch.fast  # already loaded by the model: its backend is "fast"
 
     compiled, started = skscratch.fast.compilations(), time.perf_counter()
-    result = train_step(run.model, run.optimizer, x, y, label_smoothing=smoothing)
+    result = run.team.step(run.model, run.optimizer, x, y, smoothing=smoothing)
     run.steps += 1
     compiled = skscratch.fast.compilations() - compiled
     if compiled and run.progress:
