@@ -16,11 +16,13 @@ those of this process's shares. A run records its number of workers, and resumes
 
 Why it pays here: on 2 cores, two single-threaded processes each trained a batch of 64 images at
 about 225 images/s, while one process with 2 threads trained 383 images/s: the kernels' threads
-do not double the speed, and separate processes nearly do (`skscratch bench`-style figures in
-the README, "Speed"). The helpers run 1 thread each (NUMBA_NUM_THREADS and OPENBLAS_NUM_THREADS
-are set to 1 in their environment) and this process runs its compiled kernels on 1 thread while
-they work. The helpers are started with "spawn": a fresh interpreter that builds the model
-again, so no thread state is copied into a fork.
+do not double the speed, and separate processes nearly do (`docs/bench/workers.py`; figures in
+the README, "Speed"). Every worker computes on one thread: the helpers have NUMBA_NUM_THREADS
+and OPENBLAS_NUM_THREADS set to 1 in their environment, and this process runs its share with
+numba's parallel loops and OpenBLAS (through threadpoolctl) limited to one thread, and all its
+threads for everything else (evaluation above all). With OpenBLAS left at two threads in this
+process, the team was no faster than one process. The helpers are started with "spawn": a
+fresh interpreter that builds the model again, so no thread state is copied into a fork.
 """
 
 from __future__ import annotations
@@ -119,6 +121,9 @@ class Team:
         self._buffers: _Buffers | None = None
         if workers == 1:
             return
+        from threadpoolctl import ThreadpoolController
+
+        self._blas = ThreadpoolController()
         n_params = model.num_parameters()
         dtype = model.parameters()[0].data.dtype
         largest = max(s.stop - s.start for s in self.shares)
@@ -197,7 +202,7 @@ class Team:
             buffers.x[rank, :n] = x[part]
             buffers.y[rank, :n] = y[part]
             conn.send(("step", n, smoothing))
-        with _threads(1):
+        with _numba_threads(1), self._blas.limit(limits=1, user_api="blas"):
             logits = model.forward(x[parts[0]])
             loss, dlogits = softmax_cross_entropy(logits, y[parts[0]], smoothing=smoothing)
             model.backward(dlogits, input_grad=False)
@@ -225,7 +230,7 @@ class Team:
 
 
 @contextlib.contextmanager
-def _threads(n: int):
+def _numba_threads(n: int):
     """Run numba's parallel loops on n threads inside the block (if numba is loaded)."""
     import sys
 

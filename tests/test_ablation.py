@@ -4,6 +4,9 @@ as ResNeXt's block, M = 3, and kernel sizes and dilations per branch."""
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -134,3 +137,31 @@ def test_kernel_sizes_and_dilations_reach_every_branch(attention):
 def test_a_configuration_with_wrong_branch_settings_is_refused(changes, message):
     with pytest.raises(ValueError, match=message):
         dataclasses.replace(TINY, **changes)
+
+
+def test_the_ablation_script_trains_every_variant_and_tabulates_them(tmp_path):
+    from test_train import _env, fake_cifar, write_archive
+
+    script = Path(__file__).resolve().parents[1] / "docs" / "ablation" / "run.py"
+    archive = write_archive(tmp_path / "cifar-10-python.tar.gz", fake_cifar())
+    runs = tmp_path / "runs"
+    train = [sys.executable, str(script), "--runs", str(runs), "--data", str(archive), "--model",
+             "tiny", "--epochs", "1", "--seeds", "0", "--", "--batch-size", "8", "--subset",
+             "32", "--test-subset", "20"]  # fmt: skip
+    result = subprocess.run(train, capture_output=True, text=True, env=_env(), timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sorted(p.name for p in runs.iterdir()) == [
+        "SK-seed0", "one-branch-seed0", "summed-seed0"
+    ]  # fmt: skip
+    # Run again: every run is finished, so nothing trains.
+    again = subprocess.run(train, capture_output=True, text=True, env=_env(), timeout=600)
+    assert again.returncode == 0 and "start" not in again.stdout
+    table = subprocess.run(
+        [sys.executable, str(script), "--runs", str(runs), "--table"],
+        capture_output=True, text=True, env=_env(), timeout=600,
+    )  # fmt: skip
+    assert table.returncode == 0, table.stderr
+    rows = table.stdout.strip().splitlines()[2:]
+    assert [row.split("|")[1].strip() for row in rows] == ["SK", "summed", "one branch"]
+    params = [int(row.split("|")[2].strip().replace(",", "")) for row in rows]
+    assert params[0] > params[1] > params[2]  # attention weights, then a branch, go
