@@ -45,15 +45,10 @@ def _positive(value: str) -> int:
 
 def _positive_ints(value: str) -> tuple[int, ...]:
     """One positive int per branch, separated by commas: "3,5" is (3, 5)."""
-    try:
-        values = tuple(int(v) for v in value.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"must be ints separated by commas, got {value!r}"
-        ) from None
-    if min(values) < 1:
-        raise argparse.ArgumentTypeError(f"must all be at least 1, got {value}")
-    return values
+    parts = value.split(",")
+    if not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"must be positive ints and commas, got {value!r}")
+    return tuple(int(p) for p in parts)
 
 
 def _positive_float(value: str) -> float:

@@ -30,7 +30,7 @@ from skscratch.nn import (
     Sequential,
     SKUnit,
 )
-from skscratch.sk import branch_settings
+from skscratch.sk import branch_dilations, branch_kernel_sizes
 
 
 class BranchSum(Module):
@@ -48,8 +48,8 @@ class BranchSum(Module):
         kernel_sizes: Sequence[int] | None = None, dilations: Sequence[int] | None = None,
     ):  # fmt: skip
         super().__init__()
-        kernels = branch_settings("kernel_sizes", kernel_sizes, [3] * branches, odd=True)
-        dilations = branch_settings("dilations", dilations, range(1, branches + 1))
+        kernels = branch_kernel_sizes(kernel_sizes, branches)
+        dilations = branch_dilations(dilations, branches)
         self.children["convs"] = Sequential(
             *(
                 Conv2d(channels, channels, k, stride=stride, padding=d * (k - 1) // 2,
@@ -169,8 +169,8 @@ class SKNetConfig:
     def __post_init__(self):
         if self.stem_type not in STEM_TYPES:
             raise ValueError(f"stem_type must be one of {STEM_TYPES}, got {self.stem_type!r}")
-        branch_settings("kernel_sizes", self.kernel_sizes, [3] * self.branches, odd=True)
-        branch_settings("dilations", self.dilations, range(1, self.branches + 1))
+        branch_kernel_sizes(self.kernel_sizes, self.branches)
+        branch_dilations(self.dilations, self.branches)
 
     def to_dict(self) -> dict:
         return asdict(self)

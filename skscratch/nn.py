@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from skscratch.backends import Backend, current_backend, get_backend
-from skscratch.sk import branch_settings, sk_param_shapes
+from skscratch.sk import branch_dilations, sk_param_shapes
 
 
 class Parameter:
@@ -339,7 +339,7 @@ class SKUnit(Module):
                 f"attention_init must be one of {ATTENTION_INITS}, got {attention_init!r}"
             )
         self.stride, self.groups = stride, groups
-        self.dilations = branch_settings("dilations", dilations, range(1, branches + 1))
+        self.dilations = branch_dilations(dilations, branches)
         shapes = dict(branches=branches, groups=groups, r=r, L=L, kernel_sizes=kernel_sizes)
         for name, shape in sk_param_shapes(channels, **shapes).items():
             if name.endswith("running_mean"):

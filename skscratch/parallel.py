@@ -31,6 +31,7 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import sys
 import traceback
 from multiprocessing import shared_memory
 
@@ -121,8 +122,16 @@ class Team:
         self._buffers: _Buffers | None = None
         if workers == 1:
             return
+        try:
+            self._start(model, backend)
+        except BaseException:
+            self.close()  # the helpers started so far, and the shared memory
+            raise
+
+    def _start(self, model: SKResNeXt, backend: str) -> None:
         from threadpoolctl import ThreadpoolController
 
+        workers = self.workers
         self._blas = ThreadpoolController()
         n_params = model.num_parameters()
         dtype = model.parameters()[0].data.dtype
@@ -195,8 +204,9 @@ class Team:
 
         if not self._helpers:
             return train_step(model, optimizer, x, y, label_smoothing=smoothing)
-        buffers, batch = self._buffers, len(x)
-        parts = shares(batch, self.workers)
+        if len(x) != self.batch_size:
+            raise ValueError(f"the team shares batches of {self.batch_size}, got {len(x)}")
+        buffers, batch, parts = self._buffers, len(x), self.shares
         for rank, (part, (_, conn)) in enumerate(zip(parts[1:], self._helpers, strict=True)):
             n = part.stop - part.start
             buffers.x[rank, :n] = x[part]
@@ -232,8 +242,6 @@ class Team:
 @contextlib.contextmanager
 def _numba_threads(n: int):
     """Run numba's parallel loops on n threads inside the block (if numba is loaded)."""
-    import sys
-
     numba = sys.modules.get("numba")
     if numba is None:
         yield

@@ -75,14 +75,23 @@ def sk_param_shapes(
     holds each branch's (odd) kernel size, 3 for every branch if None."""
     if channels % groups:
         raise ValueError(f"channels ({channels}) must be divisible by groups ({groups})")
-    kernels = branch_settings("kernel_sizes", kernel_sizes, [3] * branches, odd=True)
+    kernels = branch_kernel_sizes(kernel_sizes, branches)
     return _shapes(channels, kernels, groups, sk_hidden_size(channels, r, L))
 
 
-def branch_settings(
+def branch_kernel_sizes(kernel_sizes: Sequence[int] | None, branches: int) -> tuple[int, ...]:
+    """Each branch's kernel size, checked (odd, one per branch); None: 3 for every branch."""
+    return _per_branch("kernel_sizes", kernel_sizes, [3] * branches, odd=True)
+
+
+def branch_dilations(dilations: Sequence[int] | None, branches: int) -> tuple[int, ...]:
+    """Each branch's dilation, checked (one per branch); None: 1, 2, ..., M (the paper's)."""
+    return _per_branch("dilations", dilations, range(1, branches + 1))
+
+
+def _per_branch(
     name: str, values: Sequence[int] | None, default: Sequence[int], *, odd: bool = False
 ) -> tuple[int, ...]:
-    """One positive int per branch (`default`, one per branch, if values is None), checked."""
     if values is None:
         return tuple(default)
     values = tuple(positive_int(f"{name}[{m}]", v) for m, v in enumerate(values))
@@ -304,7 +313,7 @@ def checked_input(x, params, groups, dilations, training) -> tuple[NDArray, int,
         )
     groups = positive_int("groups", groups)
     branches = check_params(params, x, groups)
-    return x, groups, branch_settings("dilations", dilations, range(1, branches + 1))
+    return x, groups, branch_dilations(dilations, branches)
 
 
 def checked_dout(dout, first_branch: NDArray) -> NDArray:

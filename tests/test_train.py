@@ -574,7 +574,7 @@ def test_the_branch_options_change_the_model_and_are_recorded(capsys, tmp_path, 
     ("args", "message"),
     [(("--kernel-sizes", "3,4"), "kernel_sizes must be odd"),
      (("--branches", "3", "--dilations", "1,2"), "dilations must hold one value per branch (3)"),
-     (("--kernel-sizes", "3,x"), "must be ints separated by commas")],
+     (("--kernel-sizes", "3,x"), "must be positive ints and commas")],
 )  # fmt: skip
 def test_wrong_branch_options_are_one_line_errors(tmp_path, archive, args, message):
     out = tmp_path / "run"

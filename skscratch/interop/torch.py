@@ -30,7 +30,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from skscratch.models import SKNetConfig, SKResNeXt
-from skscratch.sk import branch_settings, sk_hidden_size
+from skscratch.sk import branch_dilations, branch_kernel_sizes, sk_hidden_size
 
 _COUNTER = "num_batches_tracked"
 
@@ -38,8 +38,8 @@ _COUNTER = "num_batches_tracked"
 def _branch_convs(channels, stride, branches, groups, kernel_sizes, dilations) -> nn.ModuleList:
     """The Split's M grouped convolutions, each padded to keep the size (by default 3x3 with
     dilation m + 1, as skscratch.sk's)."""
-    kernels = branch_settings("kernel_sizes", kernel_sizes, [3] * branches, odd=True)
-    dilations = branch_settings("dilations", dilations, range(1, branches + 1))
+    kernels = branch_kernel_sizes(kernel_sizes, branches)
+    dilations = branch_dilations(dilations, branches)
     return nn.ModuleList(
         nn.Conv2d(channels, channels, k, stride=stride, padding=d * (k - 1) // 2, dilation=d,
                   groups=groups, bias=False)
