@@ -50,6 +50,7 @@ import skscratch
 from skscratch.data import augment, channel_stats, iterate_batches, load_cifar10, normalize
 from skscratch.evaluation import evaluate
 from skscratch.gradcheck import rel_error
+from skscratch.linear import linear_backward, linear_forward
 from skscratch.losses import softmax_cross_entropy
 from skscratch.models import PRESETS, SKResNeXt, count_macs
 from skscratch.optim import SGD, learning_rate
@@ -508,6 +509,42 @@ if SMALL:
     print("run_training repeats the loop above")
 
 # %% [markdown]
+# ## Two processes, one step
+#
+# The loss of a step is a mean over the batch, and the gradient of a mean is the mean of the
+# gradients. Split the batch of $B$ images into shares of $n_1, \dots, n_W$ images; then
+#
+# $$ \nabla \frac{1}{B} \sum_{i=1}^{B} \ell_i
+#    = \sum_{w=1}^{W} \frac{n_w}{B} \, \nabla \frac{1}{n_w} \sum_{i \in w} \ell_i , $$
+#
+# so $W$ processes can each compute the gradient of their own share, and the weighted mean of
+# their gradients is the step's. On the fully connected layer and the loss:
+
+# %%
+rng = np.random.default_rng(0)
+features, labels = rng.standard_normal((12, 16)), rng.integers(0, 10, 12)
+w_fc = rng.standard_normal((10, 16)) * 0.1
+
+
+def fc_weight_gradient(f, y):
+    logits, fc_cache = linear_forward(f, w_fc)
+    _, dlogits = softmax_cross_entropy(logits, y)
+    return linear_backward(dlogits, fc_cache)[1]
+
+
+whole = fc_weight_gradient(features, labels)
+shares = [slice(0, 5), slice(5, 12)]  # the shares need not be equal
+shared = sum((s.stop - s.start) / 12 * fc_weight_gradient(features[s], labels[s]) for s in shares)
+print(f"relative error between the two: {rel_error(shared, whole):.1e}")
+assert rel_error(shared, whole) < 1e-12
+
+# %% [markdown]
+# Batch norm is the exception: it normalises each image with the mean and variance of the images
+# it is given, so a share normalises with its own statistics ("ghost batch norm"), and the
+# shared step is close to, not equal to, the step of one process. `python -m skscratch train
+# --workers 2` trains this way (`skscratch.parallel`): on two cores, two processes of one thread
+# each train more images per second than one process of two threads (README, "Speed").
+#
 # ## Summary
 #
 # - CIFAR-10: 50000 training and 10000 test images of 32x32 pixels, 5000 and 1000 per class.
@@ -526,6 +563,9 @@ if SMALL:
 #   in 1000 test images.
 # - Every random choice is seeded by (seed, epoch, batch), so `run_training` repeats the loop
 #   number for number (to $10^{-5}$).
+# - The gradient of the batch's mean loss is the size-weighted mean of its shares' gradients
+#   (to $10^{-12}$ on the FC layer), which lets several processes share a step; batch norm
+#   makes each share normalise on its own.
 #
 # ## Exercises
 #
