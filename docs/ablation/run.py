@@ -11,8 +11,11 @@ train`): "SK" (the SK unit selects between its branches),
 selection) and "one branch" (`--branches 1`: ResNeXt's block), once per seed, into
 RUNS/<variant>-seed<s>. It runs two trainings at a time, each on one thread (on two cores that
 trains more images per second than one run on two threads), and resumes any that stopped: run
-it again to continue. The second prints the table of docs/ablation/README.md from their
-checkpoints.
+it again to continue. The second prints a table of their parameters, multiply-adds and test
+accuracies from their metrics.
+
+`--study init` compares, the same way, the SK units' two initialisations of their attention
+weights (`--attention-init official`, N(0, 0.01^2) as the authors' code, and `kaiming`).
 """
 
 from __future__ import annotations
@@ -26,7 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
-VARIANTS = {"SK": [], "summed": ["--no-attention"], "one branch": ["--branches", "1"]}
+STUDIES = {
+    "ablation": {"SK": [], "summed": ["--no-attention"], "one branch": ["--branches", "1"]},
+    "init": {
+        "official": ["--attention-init", "official"],
+        "kaiming": ["--attention-init", "kaiming"],
+    },
+}
 ONE_THREAD = {"NUMBA_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
 
 
@@ -44,7 +53,7 @@ def history(path: Path) -> list[dict]:
 def train(args: argparse.Namespace) -> None:
     jobs = []
     for seed in args.seeds:
-        for variant, options in VARIANTS.items():
+        for variant, options in STUDIES[args.study].items():
             out = folder(args.runs, variant, seed)
             if len(history(out)) >= args.epochs:
                 continue  # finished
@@ -73,10 +82,10 @@ def table(args: argparse.Namespace) -> None:
     from skscratch.runs import load_run
     from skscratch.summary import layers
 
-    print("| network | parameters | multiply-adds | seeds | test accuracy (plain) | "
+    print("| variant | parameters | multiply-adds | seeds | test accuracy (plain) | "
           "with flips and shifts |")  # fmt: skip
     print("| --- | --- | --- | --- | --- | --- |")
-    for variant in VARIANTS:
+    for variant in STUDIES[args.study]:
         runs = sorted(args.runs.glob(f"{variant.replace(' ', '-')}-seed*"))
         finished = [h for h in map(history, runs) if h and "test_accuracy_shifts" in h[-1]]
         if not finished:
@@ -98,6 +107,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, required=True, help="folder of the runs")
     parser.add_argument("--data", type=Path, help="cifar-10-python.tar.gz or its folder")
+    parser.add_argument("--study", choices=sorted(STUDIES), default="ablation")
     parser.add_argument("--model", default="default", help="a preset (default: default)")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
