@@ -585,18 +585,18 @@ full = [
 assert len(full) == steps_per_epoch and 50000 - sum(full) == left_over
 
 # %% [markdown]
-# 2. The recorded run trains 46 epochs of 390 steps, with one epoch of warm-up and a peak of
+# 2. The recorded run trains 52 epochs of 390 steps, with one epoch of warm-up and a peak of
 #    0.2. What is the learning rate of its first step, and at which step (counted from 0) has
 #    it fallen to half the peak?
 
 # %%
 # BEGIN SOLUTION
 first_rate = 0.2 / 390
-half_step = 390 + (46 * 390 - 390) // 2  # halfway along the fall of T - T_w steps
+half_step = 390 + (52 * 390 - 390) // 2  # halfway along the fall of T - T_w steps
 # END SOLUTION
 schedule = dict(peak=0.2, warmup_steps=390, kind="onecycle")
-assert math.isclose(learning_rate(0, 46 * 390, **schedule), first_rate)
-assert math.isclose(learning_rate(half_step, 46 * 390, **schedule), 0.1)
+assert math.isclose(learning_rate(0, 52 * 390, **schedule), first_rate)
+assert math.isclose(learning_rate(half_step, 52 * 390, **schedule), 0.1)
 
 # %% [markdown]
 # 3. With label smoothing $\varepsilon = 0.2$ and $K = 10$ classes, the training loss cannot
