@@ -105,6 +105,17 @@ def _unflat(model: SKResNeXt, flat: NDArray) -> None:
         start += p.data.size
 
 
+def _share_gradients(
+    model: SKResNeXt, x: NDArray, y: NDArray, smoothing: float
+) -> tuple[float, int]:
+    """A worker's part of a step: forward and backward on its share, leaving every parameter's
+    gradient of the share's mean loss in .grad. Returns (mean loss, correct predictions)."""
+    logits = model.forward(x)
+    loss, dlogits = softmax_cross_entropy(logits, y, smoothing=smoothing)
+    model.backward(dlogits, input_grad=False)
+    return loss, int((logits.argmax(axis=1) == y).sum())
+
+
 class Team:
     """The helper processes of a data-parallel run, as a context manager: `step` trains one
     batch on all of them. workers=1 is a team of this process alone (no helpers, no shared
@@ -213,11 +224,9 @@ class Team:
             buffers.y[rank, :n] = y[part]
             conn.send(("step", n, smoothing))
         with _numba_threads(1), self._blas.limit(limits=1, user_api="blas"):
-            logits = model.forward(x[parts[0]])
-            loss, dlogits = softmax_cross_entropy(logits, y[parts[0]], smoothing=smoothing)
-            model.backward(dlogits, input_grad=False)
+            loss, correct = _share_gradients(model, x[parts[0]], y[parts[0]], smoothing)
         n0 = parts[0].stop - parts[0].start
-        loss_sum, correct = loss * n0, int((logits.argmax(axis=1) == y[parts[0]]).sum())
+        loss_sum = loss * n0
         grads = [p.grad * (n0 / batch) for p in model.parameters()]
         for rank, (part, (_, conn)) in enumerate(zip(parts[1:], self._helpers, strict=True)):
             _, loss, right = self._receive(rank + 1, conn)
@@ -272,12 +281,9 @@ def _helper(conn, rank, config, backend, memory_name, n_params, helpers, images,
                 break
             _, n, smoothing = message
             _unflat(model, buffers.weights)
-            x, y = buffers.x[me, :n], buffers.y[me, :n]
-            logits = model.forward(x)
-            loss, dlogits = softmax_cross_entropy(logits, y, smoothing=smoothing)
-            model.backward(dlogits, input_grad=False)
+            loss, correct = _share_gradients(model, buffers.x[me, :n], buffers.y[me, :n], smoothing)
             _flat(model, "grad", buffers.grads[me])
-            conn.send(("done", loss, int((logits.argmax(axis=1) == y).sum())))
+            conn.send(("done", loss, correct))
     except (EOFError, OSError, KeyboardInterrupt):
         pass  # the main process has gone: nothing to report to
     except BaseException:
