@@ -151,11 +151,21 @@ def test_the_ablation_script_trains_every_variant_and_tabulates_them(tmp_path):
     result = subprocess.run(train, capture_output=True, text=True, env=_env(), timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert sorted(p.name for p in runs.iterdir()) == [
-        "SK-seed0", "one-branch-seed0", "summed-seed0"
+        "branches-1-seed0", "default-seed0", "no-attention-seed0"
     ]  # fmt: skip
     # Run again: every run is finished, so nothing trains.
     again = subprocess.run(train, capture_output=True, text=True, env=_env(), timeout=600)
     assert again.returncode == 0 and "start" not in again.stdout
+    # The init study shares the network as it is ("official", the default) and trains only the
+    # other initialisation.
+    init = subprocess.run(
+        [*train[:2], "--study", "init", *train[2:]], capture_output=True, text=True, env=_env(),
+        timeout=600,
+    )  # fmt: skip
+    assert init.returncode == 0, init.stdout + init.stderr
+    assert [line for line in init.stdout.splitlines() if line.startswith("start")] == [
+        "start: kaiming, seed 0"
+    ]
     table = subprocess.run(
         [sys.executable, str(script), "--runs", str(runs), "--table"],
         capture_output=True, text=True, env=_env(), timeout=600,

@@ -9,13 +9,14 @@ the same (the default recipe, shortened to --epochs; options after `--` go to ev
 train`): "SK" (the SK unit selects between its branches),
 "summed" (`--no-attention`: the branches added with equal weight, the paper's baseline without
 selection) and "one branch" (`--branches 1`: ResNeXt's block), once per seed, into
-RUNS/<variant>-seed<s>. It runs two trainings at a time, each on one thread (on two cores that
+RUNS/<options>-seed<s> (RUNS/default-seed<s> for the network as it is). It runs two trainings at a time, each on one thread (on two cores that
 trains more images per second than one run on two threads), and resumes any that stopped: run
 it again to continue. The second prints a table of their parameters, multiply-adds and test
 accuracies from their metrics.
 
 `--study init` compares, the same way, the SK units' two initialisations of their attention
-weights (`--attention-init official`, N(0, 0.01^2) as the authors' code, and `kaiming`).
+weights (official, N(0, 0.01^2) as the authors' code and the default, and `--attention-init
+kaiming`). Both studies train the network as it is, so with the same RUNS they share those runs.
 """
 
 from __future__ import annotations
@@ -31,16 +32,18 @@ import numpy as np
 
 STUDIES = {
     "ablation": {"SK": [], "summed": ["--no-attention"], "one branch": ["--branches", "1"]},
-    "init": {
-        "official": ["--attention-init", "official"],
-        "kaiming": ["--attention-init", "kaiming"],
-    },
+    "init": {"official": [], "kaiming": ["--attention-init", "kaiming"]},
 }
 ONE_THREAD = {"NUMBA_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
 
 
-def folder(runs: Path, variant: str, seed: int) -> Path:
-    return runs / f"{variant.replace(' ', '-')}-seed{seed}"
+def name(options: list[str]) -> str:
+    """A variant's folder name: its options to `skscratch train`, without dashes in front."""
+    return "-".join(option.lstrip("-") for option in options) or "default"
+
+
+def folder(runs: Path, options: list[str], seed: int) -> Path:
+    return runs / f"{name(options)}-seed{seed}"
 
 
 def history(path: Path) -> list[dict]:
@@ -54,7 +57,7 @@ def train(args: argparse.Namespace) -> None:
     jobs = []
     for seed in args.seeds:
         for variant, options in STUDIES[args.study].items():
-            out = folder(args.runs, variant, seed)
+            out = folder(args.runs, options, seed)
             if len(history(out)) >= args.epochs:
                 continue  # finished
             command = [sys.executable, "-m", "skscratch", "train", "--quiet", "--out", str(out)]
@@ -85,8 +88,8 @@ def table(args: argparse.Namespace) -> None:
     print("| variant | parameters | multiply-adds | seeds | test accuracy (plain) | "
           "with flips and shifts |")  # fmt: skip
     print("| --- | --- | --- | --- | --- | --- |")
-    for variant in STUDIES[args.study]:
-        runs = sorted(args.runs.glob(f"{variant.replace(' ', '-')}-seed*"))
+    for variant, options in STUDIES[args.study].items():
+        runs = sorted(args.runs.glob(f"{name(options)}-seed*"))
         finished = [h for h in map(history, runs) if h and "test_accuracy_shifts" in h[-1]]
         if not finished:
             continue
