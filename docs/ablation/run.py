@@ -6,12 +6,12 @@
 
 The first command trains the default network (or --model) three ways, with every other setting
 the same (the default recipe, shortened to --epochs; options after `--` go to every `skscratch
-train`): "SK" (the SK unit selects between its branches),
-"summed" (`--no-attention`: the branches added with equal weight, the paper's baseline without
-selection) and "one branch" (`--branches 1`: ResNeXt's block), once per seed, into
-RUNS/<options>-seed<s> (RUNS/default-seed<s> for the network as it is). It runs two trainings at a time, each on one thread (on two cores that
-trains more images per second than one run on two threads), and resumes any that stopped: run
-it again to continue. The second prints a table of their parameters, multiply-adds and test
+train`): "SK" (the SK unit selects between its branches), "summed" (`--no-attention`: the
+branches added with equal weight, the paper's baseline without selection) and "one branch"
+(`--branches 1`: ResNeXt's block), once per seed, into RUNS/<options>-seed<s> (RUNS/default-seed<s>
+for the network as it is). It runs two trainings at a time, each on one thread (on two cores
+that trains more images per second than one run on two threads), and resumes any that stopped:
+run it again to continue. The second prints a table of their parameters, multiply-adds and test
 accuracies from their metrics.
 
 `--study init` compares, the same way, the SK units' two initialisations of their attention
