@@ -11,8 +11,8 @@ evaluated its last epoch also with them, which the closing line gives.
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 MINUTES = (10, 30, 60, 120)
@@ -49,4 +49,6 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("metrics", help="a run's metrics.jsonl")
+    main(parser.parse_args().metrics)
