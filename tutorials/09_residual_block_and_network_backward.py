@@ -147,8 +147,8 @@ print("with gamma_3 = 0 only bn3's parameters get a gradient:",
       sorted(n for n, v in grads.items() if v > 0))  # fmt: skip
 
 # %% [markdown]
-# In a deep network that is a good start; in a shallow one (skscratch's default network has one
-# block per stage) it delays learning: for the first steps most of the network is frozen. The
+# In a deep network that is a good start; in a shallow one (skscratch's default network has four
+# blocks) it delays learning: for the first steps most of the network is frozen. The
 # default network therefore starts with $\gamma_3 = 1$ (`SKNetConfig(zero_init_residual=False)`;
 # the README records how much faster it learns).
 

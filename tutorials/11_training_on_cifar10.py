@@ -31,7 +31,7 @@
 # - `SKSCRATCH_TUTORIAL_SMALL=1` (what CI sets): the "tiny" model (8 k parameters), 1000 training
 #   images, 2 epochs. About 10 seconds on two cores once the fast backend's kernels are compiled
 #   (numba caches them on disk; the first run compiles them and takes longer).
-# - otherwise: the default model (576 k parameters), 10000 training images, 3 epochs, evaluated
+# - otherwise: the default model (674 k parameters), 10000 training images, 3 epochs, evaluated
 #   on the whole test set after each epoch. Roughly 5 minutes on two cores, the evaluations
 #   included (the check against `run_training` at the end runs in the small run only).
 # - `SKSCRATCH_TUTORIAL_SUBSET` and `SKSCRATCH_TUTORIAL_EPOCHS` override the number of training
@@ -217,12 +217,12 @@ print(f"{n_params:,} parameters, {count_macs(model) / 1e6:.2f} M multiply-adds p
 # %% [markdown]
 # Names follow a PyTorch module tree (`stages.1.0.sk.convs.1.weight` is the dilated convolution
 # of the SK unit in the first block of stage 2). The README states that the default
-# configuration has 576,234 parameters and 26.5 M multiply-adds per image; check it:
+# configuration has 673,834 parameters and 31.9 M multiply-adds per image; check it:
 
 # %%
 default = SKResNeXt(PRESETS["default"])
-assert default.num_parameters() == 576_234
-assert round(count_macs(default) / 1e6, 1) == 26.5
+assert default.num_parameters() == 673_834
+assert round(count_macs(default) / 1e6, 1) == 31.9
 
 # %% [markdown]
 # ## One network, two backends
@@ -551,7 +551,7 @@ assert rel_error(shared, whole) < 1e-12
 #   Augmentation crops a shifted window of the zero-padded image and mirrors it with
 #   probability 1/2 (cutout, an option, also zeroes a square); normalisation uses the training
 #   images' channel statistics, after which they have mean 0 and standard deviation 1.
-# - The default SK-ResNeXt has 576,234 parameters and 26.5 M multiply-adds per image. Built
+# - The default SK-ResNeXt has 673,834 parameters and 31.9 M multiply-adds per image. Built
 #   with the same seed, the reference and fast backends hold the same parameters and compute
 #   the same logits and loss (to $10^{-5}$) and gradients (to $10^{-2}$ of the largest).
 # - A step is forward, label-smoothed loss, backward, SGD update. The schedule starts at
@@ -585,18 +585,18 @@ full = [
 assert len(full) == steps_per_epoch and 50000 - sum(full) == left_over
 
 # %% [markdown]
-# 2. The recorded run trains 52 epochs of 390 steps, with one epoch of warm-up and a peak of
+# 2. The recorded run trains 48 epochs of 390 steps, with one epoch of warm-up and a peak of
 #    0.2. What is the learning rate of its first step, and at which step (counted from 0) has
 #    it fallen to half the peak?
 
 # %%
 # BEGIN SOLUTION
 first_rate = 0.2 / 390
-half_step = 390 + (52 * 390 - 390) // 2  # halfway along the fall of T - T_w steps
+half_step = 390 + (48 * 390 - 390) // 2  # halfway along the fall of T - T_w steps
 # END SOLUTION
 schedule = dict(peak=0.2, warmup_steps=390, kind="onecycle")
-assert math.isclose(learning_rate(0, 52 * 390, **schedule), first_rate)
-assert math.isclose(learning_rate(half_step, 52 * 390, **schedule), 0.1)
+assert math.isclose(learning_rate(0, 48 * 390, **schedule), first_rate)
+assert math.isclose(learning_rate(half_step, 48 * 390, **schedule), 0.1)
 
 # %% [markdown]
 # 3. With label smoothing $\varepsilon = 0.2$ and $K = 10$ classes, the training loss cannot
