@@ -813,7 +813,7 @@ def test_parameter_count_matches_the_formula(preset):
 
 
 @pytest.mark.parametrize(
-    "preset, params, macs", [("default", 576_234, 26_491_904), ("small", 184_234, 30_006_784)]
+    "preset, params, macs", [("default", 673_834, 31_878_144), ("small", 184_234, 30_006_784)]
 )
 def test_count_macs_of_the_default_and_small_networks(preset, params, macs):
     model = SKResNeXt(PRESETS[preset])
