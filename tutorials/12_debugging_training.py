@@ -26,7 +26,7 @@ from skscratch.plots import pyplot, show
 rng = np.random.default_rng(0)
 plt = pyplot()
 
-CONFIG = SKNetConfig(stem=8, mids=(8, 16, 16), outs=(16, 32, 32), groups=4, L=8)
+CONFIG = SKNetConfig(stem=8, depths=(1, 1, 1), mids=(8, 16, 16), outs=(16, 32, 32), groups=4, L=8)
 
 
 def new_model():
