@@ -13,49 +13,10 @@ import argparse
 import sys
 
 from skscratch import commands, tuning
+from skscratch._argtypes import factors, image_shape, positive, positive_float, positive_ints
 from skscratch.backends import BACKENDS
 
 TOLERANCE = 1e-6
-
-
-def _factors(value: str) -> list[float]:
-    try:
-        factors = [float(v) for v in value.split(",")]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected numbers like 1.0,1.5,2.0, got {value}") from exc
-    if not factors or min(factors) < 1:
-        raise argparse.ArgumentTypeError(f"factors must be at least 1, got {value}")
-    return factors
-
-
-def _image_shape(value: str) -> tuple[int, int, int]:
-    """'3x224x224' -> (3, 224, 224)."""
-    parts = value.lower().split("x")
-    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise argparse.ArgumentTypeError(f"expected C x H x W such as 3x224x224, got {value!r}")
-    return tuple(int(p) for p in parts)
-
-
-def _positive(value: str) -> int:
-    n = int(value)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
-
-
-def _positive_ints(value: str) -> tuple[int, ...]:
-    """One positive int per branch, separated by commas: "3,5" is (3, 5)."""
-    parts = value.split(",")
-    if not all(p.strip().isdigit() and int(p) > 0 for p in parts):
-        raise argparse.ArgumentTypeError(f"must be positive ints and commas, got {value!r}")
-    return tuple(int(p) for p in parts)
-
-
-def _positive_float(value: str) -> float:
-    x = float(value)
-    if not x > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return x
 
 
 class _Parser(argparse.ArgumentParser):
@@ -88,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from skscratch.models import PRESETS
     from skscratch.nn import ATTENTION_INITS
-    from skscratch.recipe import SCHEDULES, TrainConfig
+    from skscratch.recipe import FLIPS, SCHEDULES, TrainConfig
 
     defaults = TrainConfig()
 
@@ -124,19 +85,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--branches",
-        type=_positive,
+        type=positive,
         help="branches M of every SK unit, dilations 1..M (default: the model's; 1 builds "
         "ResNeXt's block)",
     )
     p.add_argument(
         "--kernel-sizes",
-        type=_positive_ints,
+        type=positive_ints,
         help="every SK unit's kernel size per branch, odd, e.g. 3,5 (default: the model's; 3 "
         "for every branch)",
     )
     p.add_argument(
         "--dilations",
-        type=_positive_ints,
+        type=positive_ints,
         help="every SK unit's dilation per branch, e.g. 1,1 (default: the model's; 1..M)",
     )
     p.add_argument(
@@ -145,13 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="--no-attention sums the branches instead of selecting among them, the paper's "
         "baseline without SK (default: the model's)",
     )
-    p.add_argument("--epochs", type=_positive, default=defaults.epochs, help="default: %(default)s")
+    p.add_argument("--epochs", type=positive, default=defaults.epochs, help="default: %(default)s")
     p.add_argument(
-        "--batch-size", type=_positive, default=defaults.batch_size, help="default: %(default)s"
+        "--batch-size", type=positive, default=defaults.batch_size, help="default: %(default)s"
     )
     p.add_argument(
         "--lr",
-        type=_positive_float,
+        type=positive_float,
         default=defaults.lr,
         help="peak learning rate (default: %(default)s)",
     )
@@ -199,14 +160,28 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     p.add_argument(
+        "--flips",
+        choices=FLIPS,
+        default=defaults.flips,
+        help="training's flips: random (each image, each epoch) or alternate (each image's "
+        "first at random, then reversed every epoch; Jordan 2024) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--eval-every",
+        type=positive,
+        default=defaults.eval_every,
+        help="evaluate on the test images after every N-th epoch and the last "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
         "--workers",
-        type=_positive,
+        type=positive,
         default=defaults.workers,
         help="processes that share every step, each on 1/N of the batch, each on one thread "
         "(skscratch.parallel; its batch norm sees its share) (default: %(default)s)",
     )
-    p.add_argument("--subset", type=_positive, help="train on the first N training images")
-    p.add_argument("--test-subset", type=_positive, help="evaluate on the first N test images")
+    p.add_argument("--subset", type=positive, help="train on the first N training images")
+    p.add_argument("--test-subset", type=positive, help="evaluate on the first N test images")
     p.add_argument("--no-augment", action="store_true", help="no random crops and flips")
     p.add_argument("--seed", type=int, default=defaults.seed, help="default: %(default)s")
     p.add_argument(
@@ -261,10 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", nargs="+", help="checkpoint.npz files written by skscratch train")
     p.add_argument("--data", help="cifar-10-python.tar.gz or its folder")
     p.add_argument("--out", default="analysis", help="output folder (default: %(default)s)")
-    p.add_argument("--subset", type=_positive, help="use the first N test images")
+    p.add_argument("--subset", type=positive, help="use the first N test images")
     p.add_argument(
         "--factors",
-        type=_factors,
+        type=factors,
         default=[1.0, 1.5, 2.0],
         help="enlargement factors (default: 1.0,1.5,2.0)",
     )
@@ -285,12 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help=f"a preset ({', '.join(PRESETS)}) or a checkpoint.npz")
     p.add_argument(
         "--input",
-        type=_image_shape,
+        type=image_shape,
         help="C x H x W of one image (default: 3x224x224 for the ImageNet stem, else 3x32x32)",
     )
     p.add_argument(
         "--depth",
-        type=_positive,
+        type=positive,
         help="one row per module at this depth of the name (3: one per block; default: every "
         "layer)",
     )
@@ -310,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also time an identical PyTorch network with the same weights, checked to agree",
     )
     p.add_argument("--quick", action="store_true", help="small shapes, one repeat")
-    p.add_argument("--repeats", type=_positive, help="timed runs per benchmark (default: 7)")
+    p.add_argument("--repeats", type=positive, help="timed runs per benchmark (default: 7)")
     p.add_argument("--json", help="also write the results to this JSON file")
     _backend_option(p, None, "the backend whose operations and steps are timed (default: fast)")
     p.set_defaults(run=commands.bench)
@@ -352,8 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
         )
         q.add_argument("--points", help="a points table like skscratch/assignment/points.json")
         q.add_argument("--seed", type=int, default=0, help="seed of the hidden checks' inputs")
-        q.add_argument("--time-limit", type=_positive, help="seconds per exercise (default: 600)")
-        q.add_argument("--memory", type=_positive, help="MiB per exercise process (default: 4096)")
+        q.add_argument("--time-limit", type=positive, help="seconds per exercise (default: 600)")
+        q.add_argument("--memory", type=positive, help="MiB per exercise process (default: 4096)")
         q.set_defaults(run=commands.assignment)
     return parser
 

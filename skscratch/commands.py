@@ -72,6 +72,8 @@ def train(args: argparse.Namespace) -> int:
         test_flips=args.test_flips,
         test_shifts=args.test_shifts,
         cutout=args.cutout,
+        flips=args.flips,
+        eval_every=args.eval_every,
         workers=args.workers,
     )
     data = load_cifar10(args.data)
@@ -113,7 +115,8 @@ def train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"stopped; continue with: skscratch train --out {args.out} --resume")
         return 130
-    last, best = history[-1], max(h["test_accuracy"] for h in history)
+    last = history[-1]  # always evaluated, unlike epochs between evaluations (--eval-every)
+    best = max(h["test_accuracy"] for h in history if "test_accuracy" in h)
     flips, shifts = last.get("test_accuracy_flips"), last.get("test_accuracy_shifts")
     print(
         f"done: final test accuracy {last['test_accuracy']:.4f} (best {best:.4f})"

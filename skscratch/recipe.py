@@ -15,6 +15,7 @@ class ConfigError(ValueError):
 
 
 SCHEDULES = ("onecycle", "cosine")  # the learning-rate decays skscratch.optim.learning_rate knows
+FLIPS = ("random", "alternate")  # how training mirrors its images (TrainConfig.flips)
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,9 @@ class TrainConfig:
     subset: int | None = None  # train on the first `subset` training images
     test_subset: int | None = None  # evaluate on the first `test_subset` test images
     augment: bool = True  # random crops and flips
+    # Flips drawn at random for every image every epoch, or each image's first flip drawn at
+    # random and then alternated from epoch to epoch (skscratch.augmentation.alternating_flips).
+    flips: str = "random"
     cutout: int = 0  # side of the square augment zeroes in each training image (0: none)
     label_smoothing: float = 0.2  # eps of skscratch.losses' label-smoothed targets
     # After the last epoch, evaluate also on the mean logits of each test image and its mirror
@@ -41,6 +45,8 @@ class TrainConfig:
     # ... and also on the mean over each of those views and the view moved one pixel diagonally
     # either way (skscratch.evaluation).
     test_shifts: bool = True
+    # Evaluate on the test images after every `eval_every`-th epoch and after the last.
+    eval_every: int = 1
     # Processes that share every step, each on 1/workers of the batch (skscratch.parallel).
     workers: int = 1
 
@@ -67,6 +73,10 @@ class TrainConfig:
             )
         if not 0 <= self.cutout <= 32:
             raise ConfigError(f"cutout must be from 0 to 32 pixels, got {self.cutout}")
+        if self.flips not in FLIPS:
+            raise ConfigError(f"flips must be one of {FLIPS}, got {self.flips!r}")
+        if self.eval_every < 1:
+            raise ConfigError(f"eval_every must be at least 1, got {self.eval_every}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         for name in ("subset", "test_subset"):

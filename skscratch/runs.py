@@ -114,14 +114,16 @@ def plot_history(history: list[dict], path: Path) -> bool:
         print(f"{exc}: no curves plotted")
         return False
     epochs = [h["epoch"] for h in history]
+    tested = [h for h in history if "test_accuracy" in h]  # every epoch, or every few (eval_every)
+    tested_epochs = [h["epoch"] for h in tested]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train (as minimised)")
-    ax_loss.plot(epochs, [h["test_loss"] for h in history], "o-", label="test")
+    ax_loss.plot(tested_epochs, [h["test_loss"] for h in tested], "o-", label="test")
     # The training loss is the one minimised, label-smoothed if the run smoothed its labels;
     # the test loss is the plain cross-entropy.
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
     ax_acc.plot(epochs, [h["train_accuracy"] for h in history], "o-", label="train (augmented)")
-    ax_acc.plot(epochs, [h["test_accuracy"] for h in history], "o-", label="test")
+    ax_acc.plot(tested_epochs, [h["test_accuracy"] for h in tested], "o-", label="test")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="Accuracy", ylim=(0, 1))
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)

@@ -16,7 +16,8 @@ A run trains on a backend (skscratch.backends): "fast", the compiled pairs, by d
 "reference", the plain-NumPy ones. The backend is how the model computes, not what it is: a
 checkpoint does not record it, and a run may be resumed on either.
 
-The loop evaluates the model after every epoch with skscratch.evaluation. What a run leaves in
+The loop evaluates the model with skscratch.evaluation after every epoch, or after every
+eval_every-th and the last (time left for training in a run on a budget). What a run leaves in
 its folder (checkpoint, metrics, curves), the lock that keeps two runs out of one folder, the
 handling of Ctrl-C, and the rebuilding of a trained model from its checkpoint are in
 skscratch.runs.
@@ -34,7 +35,7 @@ import numpy as np
 from numpy.typing import NDArray
 from tqdm import tqdm
 
-from skscratch.augmentation import augment
+from skscratch.augmentation import training_batch
 from skscratch.backends import get_backend
 from skscratch.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from skscratch.data import Cifar10, channel_stats, normalize
@@ -257,9 +258,7 @@ def _logged_step(run: _Run, order: NDArray, bar: tqdm, started: float) -> None:
     config, position = run.config, run.position
     epoch, b = position.epoch, position.batch
     idx = order[b * config.batch_size : (b + 1) * config.batch_size]
-    xb = run.x_train[idx]
-    if config.augment:
-        xb = augment(xb, np.random.default_rng([config.seed, 2, epoch, b]), cutout=config.cutout)
+    xb = training_batch(config, run.x_train, idx, epoch, b)
     run.optimizer.lr = learning_rate(
         epoch * run.n_batches + b,
         config.epochs * run.n_batches,
@@ -310,15 +309,18 @@ def _train_batch(run: _Run, x: NDArray, y: NDArray, bar: tqdm) -> tuple[float, i
 
 
 def _finish_epoch(run: _Run) -> None:
-    """Evaluate on the test images (after the last epoch also with flips and with shifts, if the
-    run asks for them), add the epoch to the history, move to the next epoch, and save the
-    checkpoint and then the metrics."""
+    """Evaluate on the test images if the epoch is one to evaluate (after the last also with
+    flips and with shifts, if the run asks for them), add the epoch to the history, move to the
+    next epoch, and save the checkpoint and then the metrics."""
     position, seen = run.position, run.n_batches * run.config.batch_size
     started = time.perf_counter()
-    test = evaluate(run.model, run.x_test, run.y_test, run.mean, run.std)
-    augmented = {}
-    if position.epoch + 1 == run.config.epochs:
-        augmented = _augmented_evaluations(run)
+    test = {}
+    last = position.epoch + 1 == run.config.epochs
+    if last or (position.epoch + 1) % run.config.eval_every == 0:
+        result = evaluate(run.model, run.x_test, run.y_test, run.mean, run.std)
+        test = {"test_loss": result["loss"], "test_accuracy": result["accuracy"]}
+    if last:
+        test |= _augmented_evaluations(run)
     test_seconds = time.perf_counter() - started
     # The run's time so far: every epoch's training and evaluation (not the time it stood still
     # between a stop and its resumption).
@@ -328,9 +330,7 @@ def _finish_epoch(run: _Run) -> None:
             "epoch": position.epoch + 1,
             "train_loss": position.loss_sum / seen,
             "train_accuracy": position.correct / seen,
-            "test_loss": test["loss"],
-            "test_accuracy": test["accuracy"],
-            **augmented,
+            **test,
             "lr": run.optimizer.lr,
             "seconds": position.seconds,
             "images_per_second": seen / position.seconds,
@@ -346,12 +346,13 @@ def _finish_epoch(run: _Run) -> None:
         raise TrainingError(f"could not write {run.out / METRICS}: {exc.strerror}") from exc
     if run.progress:
         h = run.history[-1]
+        tested = "test_accuracy" in h
         tqdm.write(
             f"epoch {h['epoch']}: train loss {h['train_loss']:.3f} "
-            f"acc {h['train_accuracy']:.3f} | test loss {h['test_loss']:.3f} "
-            f"acc {h['test_accuracy']:.3f}"
+            f"acc {h['train_accuracy']:.3f} | "
+            + (f"test loss {h['test_loss']:.3f} acc {h['test_accuracy']:.3f}" if tested else "")
             + "".join(f" ({how} {h[key]:.3f})" for how, key in _AUGMENTED if key in h)
-            + f" | {h['seconds'] / 60:.1f} min"
+            + f"{' | ' if tested else ''}{h['seconds'] / 60:.1f} min"
         )
 
 

@@ -5,8 +5,9 @@
 prints, as Markdown, the test accuracy of every epoch with the time elapsed (training and the
 evaluation after each epoch, summed over the run: the time a stopped run stood still before it
 resumed does not count), and the best test accuracy reached within 10, 30, 60 and 120 minutes.
-Every epoch's test accuracy is on the test images alone; a run with test-time flips or shifts
-evaluated its last epoch also with them, which the closing line gives.
+Every epoch's test accuracy is on the test images alone ("-" for an epoch the run did not
+evaluate, with `--eval-every`); a run with test-time flips or shifts evaluated its last epoch
+also with them, which the closing line gives.
 """
 
 from __future__ import annotations
@@ -23,16 +24,18 @@ def main(path: str) -> None:
     print("| epoch | train loss | train accuracy | test accuracy | learning rate | minutes |")
     print("| --- | --- | --- | --- | --- | --- |")
     for h in history:
+        test = f"{h['test_accuracy']:.2%}" if "test_accuracy" in h else "-"
         print(
             f"| {h['epoch']} | {h['train_loss']:.3f} | {h['train_accuracy']:.1%} | "
-            f"{h['test_accuracy']:.2%} | {h['lr']:.3f} | {h['elapsed_seconds'] / 60:.1f} |"
+            f"{test} | {h['lr']:.3f} | {h['elapsed_seconds'] / 60:.1f} |"
         )
     print()
     print("| within | epochs done | best test accuracy so far |")
     print("| --- | --- | --- |")
     for minutes in MINUTES:
         done = [h for h in history if h["elapsed_seconds"] <= minutes * 60]
-        best = f"{max(h['test_accuracy'] for h in done):.2%}" if done else "-"
+        tested = [h["test_accuracy"] for h in done if "test_accuracy" in h]
+        best = f"{max(tested):.2%}" if tested else "-"
         print(f"| {minutes} min | {len(done)} | {best} |")
     last = history[-1]
     flips, shifts = last.get("test_accuracy_flips"), last.get("test_accuracy_shifts")

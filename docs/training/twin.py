@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from skscratch.augmentation import augment
+from skscratch.augmentation import training_batch
 from skscratch.checkpoint import load_checkpoint
 from skscratch.data import channel_stats, load_cifar10, normalize
 from skscratch.interop.torch import to_torch
@@ -82,11 +82,7 @@ def main() -> None:
         started = time.perf_counter()
         for b in range(n_batches):
             idx = order[b * config.batch_size : (b + 1) * config.batch_size]
-            xb = x_train[idx]
-            if config.augment:
-                xb = augment(
-                    xb, np.random.default_rng([config.seed, 2, epoch, b]), cutout=config.cutout
-                )
+            xb = training_batch(config, x_train, idx, epoch, b)
             lr = learning_rate(
                 epoch * n_batches + b,
                 config.epochs * n_batches,
@@ -110,7 +106,7 @@ def main() -> None:
         ours = history[epoch] if epoch < len(history) else None
         print(
             f"| {epoch + 1} | "
-            + (f"{ours['test_accuracy']:.4f}" if ours else "-")
+            + (f"{ours['test_accuracy']:.4f}" if ours and "test_accuracy" in ours else "-")
             + f" | {accuracy:.4f} | "
             + (f"{ours['images_per_second']:.0f}" if ours else "-")
             + f" | {n_batches * config.batch_size / seconds:.0f} |",
