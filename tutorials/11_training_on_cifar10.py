@@ -47,6 +47,7 @@ import time
 import numpy as np
 
 import skscratch
+from skscratch.augmentation import alternating_flips
 from skscratch.data import augment, channel_stats, iterate_batches, load_cifar10, normalize
 from skscratch.evaluation import evaluate
 from skscratch.gradcheck import rel_error
@@ -165,6 +166,19 @@ zeroed = np.any(cut != copies, axis=1)  # (8, 32, 32): pixels the square changed
 assert np.all((cut == copies) | (cut == 0))  # every pixel kept or set to zero
 print("pixels zeroed per copy:", zeroed.sum(axis=(1, 2)))
 assert np.all(zeroed.sum(axis=(1, 2)) <= side**2)
+
+# %% [markdown]
+# Random flips show an image the same way round in two epochs running half of the time. The
+# recorded run (README, "Result") alternates them instead (`skscratch train --flips
+# alternate`; Jordan, arXiv:2404.00498, 2024): each image's flip is drawn at random in the first
+# epoch, then reversed in every epoch after, so any two epochs running show every image both
+# ways round. The crops stay random.
+
+# %%
+assert config.flips == "random"  # the default; the loop below draws its flips at random
+first, second = (alternating_flips(len(x_train), config.seed, epoch) for epoch in (0, 1))
+assert np.all(first != second)  # every image flipped in exactly one of two epochs running
+print(f"flipped in epoch 1: {first.mean():.1%} of the images; in epoch 2, all the others")
 
 # %% [markdown]
 # ## Normalisation
@@ -585,18 +599,18 @@ full = [
 assert len(full) == steps_per_epoch and 50000 - sum(full) == left_over
 
 # %% [markdown]
-# 2. The recorded run trains 48 epochs of 390 steps, with one epoch of warm-up and a peak of
+# 2. The recorded run trains 50 epochs of 390 steps, with one epoch of warm-up and a peak of
 #    0.2. What is the learning rate of its first step, and at which step (counted from 0) has
 #    it fallen to half the peak?
 
 # %%
 # BEGIN SOLUTION
 first_rate = 0.2 / 390
-half_step = 390 + (48 * 390 - 390) // 2  # halfway along the fall of T - T_w steps
+half_step = 390 + (50 * 390 - 390) // 2  # halfway along the fall of T - T_w steps
 # END SOLUTION
 schedule = dict(peak=0.2, warmup_steps=390, kind="onecycle")
-assert math.isclose(learning_rate(0, 48 * 390, **schedule), first_rate)
-assert math.isclose(learning_rate(half_step, 48 * 390, **schedule), 0.1)
+assert math.isclose(learning_rate(0, 50 * 390, **schedule), first_rate)
+assert math.isclose(learning_rate(half_step, 50 * 390, **schedule), 0.1)
 
 # %% [markdown]
 # 3. With label smoothing $\varepsilon = 0.2$ and $K = 10$ classes, the training loss cannot

@@ -1,14 +1,14 @@
 """A recorded run's first epochs again, in skscratch's PyTorch twin: the same recipe, side by side.
 
-    python docs/training/twin.py docs/training/checkpoint.npz --epochs 3 \
+    python docs/training/twin.py docs/training/checkpoint.npz --epochs 4 \
         --data ../shared/data/cifar-10-python.tar.gz
 
 The twin (skscratch.interop.torch) starts from the weights the run started from (the same
 configuration and seed), and trains on the same batches in the same order with the same
 augmentation, learning-rate schedule, label smoothing, weight decay (matrices only) and Nesterov
-momentum, and is evaluated the same way (on the test images alone after each epoch, as the
-run's metrics are). It prints, per epoch, the test accuracy and training images per second of
-both. Equal accuracies, within
+momentum, and is evaluated on the test images alone after each epoch, as the run's metrics
+are (where the run evaluated: with `--eval-every`, its column has "-" between). It prints, per
+epoch, the test accuracy and training images per second of both. Equal accuracies, within
 the noise of a few epochs' float32 rounding, say that the recipe is the same one; the speeds are
 measured on this machine, in this process for PyTorch and from the run's metrics for skscratch.
 
