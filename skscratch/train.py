@@ -346,14 +346,15 @@ def _finish_epoch(run: _Run) -> None:
         raise TrainingError(f"could not write {run.out / METRICS}: {exc.strerror}") from exc
     if run.progress:
         h = run.history[-1]
-        tested = "test_accuracy" in h
-        tqdm.write(
-            f"epoch {h['epoch']}: train loss {h['train_loss']:.3f} "
-            f"acc {h['train_accuracy']:.3f} | "
-            + (f"test loss {h['test_loss']:.3f} acc {h['test_accuracy']:.3f}" if tested else "")
-            + "".join(f" ({how} {h[key]:.3f})" for how, key in _AUGMENTED if key in h)
-            + f"{' | ' if tested else ''}{h['seconds'] / 60:.1f} min"
-        )
+        parts = [
+            f"epoch {h['epoch']}: train loss {h['train_loss']:.3f} acc {h['train_accuracy']:.3f}"
+        ]
+        if "test_accuracy" in h:  # (the test-time augmented ones only with it, after the last)
+            parts.append(
+                f"test loss {h['test_loss']:.3f} acc {h['test_accuracy']:.3f}"
+                + "".join(f" ({how} {h[key]:.3f})" for how, key in _AUGMENTED if key in h)
+            )
+        tqdm.write(" | ".join([*parts, f"{h['seconds'] / 60:.1f} min"]))
 
 
 # How the last epoch's test-time augmented accuracies are named in the history and the log.
