@@ -169,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--eval-every",
         type=positive,
+        metavar="N",
         default=defaults.eval_every,
         help="evaluate on the test images after every N-th epoch and the last "
         "(default: %(default)s)",
