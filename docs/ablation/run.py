@@ -1,7 +1,7 @@
 """The paper's ablation on CIFAR-10: SK units against their branches summed against one branch.
 
     python docs/ablation/run.py --data ../shared/data/cifar-10-python.tar.gz \
-        --runs runs/ablation --epochs 15 --seeds 0 1
+        --runs runs/ablation --epochs 6 --seeds 1 2 -- --flips alternate --eval-every 3
     python docs/ablation/run.py --runs runs/ablation --table
 
 The first command trains the default network (or --model) three ways, with every other setting
