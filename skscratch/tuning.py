@@ -8,7 +8,7 @@ What it changes, for the whole process and the processes it starts:
   cycles (about 0.1 s) waiting for the next one. In a training step a matrix product is followed
   by compiled kernels whose own threads then share the cores with the spinning ones. 2^18 cycles
   (below a millisecond) keeps them awake between the per-image products of one 1x1 convolution,
-  but not over the kernels that follow: on 2 cores a training step of the default network
+  but not over the kernels that follow: on 2 cores a training step of an earlier default network
   (batch 128) ran at 143 images/s with the default, 200 with 2^4 cycles and 225 with 2^18.
   OpenBLAS reads it when it loads, with NumPy: it has no effect once NumPy is imported.
 - OMP_WAIT_POLICY=PASSIVE. numba's parallel loops run on OpenMP threads, which by default spin
