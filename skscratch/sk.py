@@ -117,7 +117,8 @@ def _shapes(c: int, kernels: Sequence[int], groups: int, d: int) -> dict[str, tu
 
 
 def check_params(params: dict[str, NDArray], x: NDArray, groups: int) -> int:
-    """Check every key, shape and dtype of `params` for the input x; return M.
+    """Check every key, shape and dtype of `params` for the input x; return M and the params as
+    arrays (lists of floats converted).
 
     M is the highest branch index among the convs.* and bns.* keys, plus one, so a missing
     branch is reported as missing. d is read from the arrays that carry it (fc.weight, the four
@@ -162,7 +163,7 @@ def check_params(params: dict[str, NDArray], x: NDArray, groups: int) -> int:
                 f"got {arrays[key].shape}"
             )
         same_dtype(f"params[{key!r}]", arrays[key], "x", x)
-    return branches
+    return branches, arrays
 
 
 def _kernel_size(weight: NDArray | None) -> int:
@@ -208,7 +209,7 @@ def sk_unit_forward(
     whose field `a` holds the attention (N, M, C) and `running_stats` the updated batch-norm
     statistics.
     """
-    x, groups, dilations = checked_input(x, params, groups, dilations, training)
+    x, params, groups, dilations = checked_input(x, params, groups, dilations, training)
     # Split, Fuse, Select as in the module docstring, from the forward functions of the other
     # exercises; return V and an SKCache of every cache, the attention a and the updated
     # running statistics.
@@ -301,9 +302,11 @@ def sk_unit_backward(dout: NDArray, cache: SKCache) -> tuple[NDArray, dict[str, 
     # END SOLUTION
 
 
-def checked_input(x, params, groups, dilations, training) -> tuple[NDArray, int, tuple[int, ...]]:
-    """Check the SK unit's input, parameters and dilations; return (x as an array, groups, the
-    dilation of each of the M branches)."""
+def checked_input(
+    x, params, groups, dilations, training
+) -> tuple[NDArray, dict[str, NDArray], int, tuple[int, ...]]:
+    """Check the SK unit's input, parameters and dilations; return (x and params as arrays,
+    groups, the dilation of each of the M branches)."""
     x = float_array("x", x, ndim=4)
     nonempty("x", x)
     if training and x.shape[0] < 2:
@@ -312,8 +315,8 @@ def checked_input(x, params, groups, dilations, training) -> tuple[NDArray, int,
             f"normalises over the batch), got shape {x.shape}"
         )
     groups = positive_int("groups", groups)
-    branches = check_params(params, x, groups)
-    return x, groups, branch_dilations(dilations, branches)
+    branches, params = check_params(params, x, groups)
+    return x, params, groups, branch_dilations(dilations, branches)
 
 
 def checked_dout(dout, first_branch: NDArray) -> NDArray:

@@ -46,7 +46,7 @@ def sk_unit_forward(
     eps: float = 1e-5,
 ) -> tuple[NDArray, SKCache]:
     """`skscratch.sk.sk_unit_forward` on the fast backend."""
-    x, groups, dilations = checked_input(x, params, groups, dilations, training)
+    x, params, groups, dilations = checked_input(x, params, groups, dilations, training)
     bn = dict(training=training, momentum=momentum, eps=eps)
     stats: dict[str, NDArray] = {}
     n_branches = len(dilations)
