@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from skscratch.models import PRESETS
     from skscratch.nn import ATTENTION_INITS
-    from skscratch.recipe import FLIPS, SCHEDULES, TrainConfig
+    from skscratch.recipe import FLIPS, RECIPES, SCHEDULES, TrainConfig
 
     defaults = TrainConfig()
 
@@ -106,7 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="--no-attention sums the branches instead of selecting among them, the paper's "
         "baseline without SK (default: the model's)",
     )
-    p.add_argument("--epochs", type=positive, default=defaults.epochs, help="default: %(default)s")
+    recipes = "; ".join(
+        f"{name}: " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in options.items())
+        for name, options in RECIPES.items()
+    )
+    p.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        help=f"a named set of the options below, which win where given as well ({recipes}; "
+        "two-hours is the README's recorded run)",
+    )
+    p.add_argument("--epochs", type=positive, help=f"default: {defaults.epochs}, or the recipe's")
     p.add_argument(
         "--batch-size", type=positive, default=defaults.batch_size, help="default: %(default)s"
     )
@@ -162,24 +172,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--flips",
         choices=FLIPS,
-        default=defaults.flips,
         help="training's flips: random (each image, each epoch) or alternate (each image's "
-        "first at random, then reversed every epoch; Jordan 2024) (default: %(default)s)",
+        "first at random, then reversed every epoch; Jordan 2024) (default: "
+        f"{defaults.flips}, or the recipe's)",
     )
     p.add_argument(
         "--eval-every",
         type=positive,
         metavar="N",
-        default=defaults.eval_every,
         help="evaluate on the test images after every N-th epoch and the last "
-        "(default: %(default)s)",
+        f"(default: {defaults.eval_every}, or the recipe's)",
     )
     p.add_argument(
         "--workers",
         type=positive,
-        default=defaults.workers,
         help="processes that share every step, each on 1/N of the batch, each on one thread "
-        "(skscratch.parallel; its batch norm sees its share) (default: %(default)s)",
+        "(skscratch.parallel; its batch norm sees its share) (default: "
+        f"{defaults.workers}, or the recipe's)",
     )
     p.add_argument("--subset", type=positive, help="train on the first N training images")
     p.add_argument("--test-subset", type=positive, help="evaluate on the first N test images")

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from skscratch.backends import BACKENDS
+from skscratch.recipe import RECIPES, TrainConfig
 
 
 class UsageError(Exception):
@@ -51,14 +52,12 @@ def gradcheck(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def train(args: argparse.Namespace) -> int:
-    """`skscratch train`: train an SK-ResNeXt on CIFAR-10; 130 if stopped (it can resume)."""
-    from skscratch.data import load_cifar10
-    from skscratch.models import PRESETS, SKResNeXt, count_macs
-    from skscratch.train import TrainConfig, run_training
-
-    config = TrainConfig(
-        epochs=args.epochs,
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The settings of `skscratch train`: its options, over the recipe's (--recipe), over the
+    defaults."""
+    given = {name: getattr(args, name) for name in ("epochs", "flips", "eval_every", "workers")}
+    chosen = RECIPES.get(args.recipe, {}) | {k: v for k, v in given.items() if v is not None}
+    return TrainConfig(
         batch_size=args.batch_size,
         lr=args.lr,
         weight_decay=args.weight_decay,
@@ -72,10 +71,17 @@ def train(args: argparse.Namespace) -> int:
         test_flips=args.test_flips,
         test_shifts=args.test_shifts,
         cutout=args.cutout,
-        flips=args.flips,
-        eval_every=args.eval_every,
-        workers=args.workers,
+        **chosen,
     )
+
+
+def train(args: argparse.Namespace) -> int:
+    """`skscratch train`: train an SK-ResNeXt on CIFAR-10; 130 if stopped (it can resume)."""
+    from skscratch.data import load_cifar10
+    from skscratch.models import PRESETS, SKResNeXt, count_macs
+    from skscratch.train import run_training
+
+    config = train_config(args)
     data = load_cifar10(args.data)
     choices = (
         ("attention_init", args.attention_init),

@@ -1,5 +1,6 @@
-"""Two options of a run on a time budget: alternating flips (`--flips alternate`) and evaluating
-only every few epochs (`--eval-every N`)."""
+"""Options of a run on a time budget: alternating flips (`--flips alternate`), evaluating only
+every few epochs (`--eval-every N`), and the recipe that names them with the README's recorded
+run (`--recipe two-hours`)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,13 @@ from test_train import assert_one_line_error, fake_cifar, main, skscratch, write
 
 from skscratch.augmentation import alternating_flips, augment, training_batch
 from skscratch.checkpoint import load_checkpoint
+from skscratch.cli import build_parser
+from skscratch.commands import train_config
 from skscratch.recipe import ConfigError, TrainConfig
+from skscratch.runs import load_run
 
-SUMMARIZE = Path(__file__).resolve().parents[1] / "docs/training/summarize.py"
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+SUMMARIZE = DOCS / "training/summarize.py"
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +110,8 @@ def test_eval_every_on_the_log_line_of_an_epoch_not_evaluated(tmp_path, archive)
 @pytest.mark.parametrize(
     ("args", "message"),
     [(("--eval-every", "0"), "must be at least 1"),
-     (("--flips", "sideways"), "invalid choice: 'sideways'")],
+     (("--flips", "sideways"), "invalid choice: 'sideways'"),
+     (("--recipe", "fast"), "invalid choice: 'fast' (choose from 'two-hours')")],
 )  # fmt: skip
 def test_wrong_options_are_one_line_errors(tmp_path, archive, args, message):
     out = tmp_path / "run"
@@ -129,3 +135,28 @@ def test_a_checkpoint_from_before_the_options_reads_as_random_flips_evaluated_ev
     old = {k: v for k, v in TrainConfig().__dict__.items() if k not in ("flips", "eval_every")}
     config = TrainConfig.from_dict(old)
     assert config.flips == "random" and config.eval_every == 1
+
+
+# ------------------------------------------------------------------------------------ the recipe
+
+
+def config_of(*argv: str) -> TrainConfig:
+    """The TrainConfig `skscratch train ARGV` trains with."""
+    return train_config(build_parser().parse_args(["train", *argv]))
+
+
+def test_without_a_recipe_the_options_default_to_the_configuration_s_defaults():
+    assert config_of() == TrainConfig()
+    assert config_of("--epochs", "3", "--workers", "2") == TrainConfig(epochs=3, workers=2)
+
+
+def test_the_two_hours_recipe_is_the_recorded_run_s_configuration():
+    *_, recorded = load_run(DOCS / "training/checkpoint.npz", backend="reference")
+    assert config_of("--recipe", "two-hours") == recorded
+    assert recorded != TrainConfig()  # the recipe is not the defaults
+
+
+def test_options_given_beside_a_recipe_win():
+    config = config_of("--recipe", "two-hours", "--epochs", "3", "--flips", "random")
+    assert (config.epochs, config.flips) == (3, "random")
+    assert (config.eval_every, config.workers) == (4, 2)  # the recipe's
