@@ -116,7 +116,9 @@ def _shapes(c: int, kernels: Sequence[int], groups: int, d: int) -> dict[str, tu
     return shapes
 
 
-def check_params(params: dict[str, NDArray], x: NDArray, groups: int) -> int:
+def check_params(
+    params: dict[str, NDArray], x: NDArray, groups: int
+) -> tuple[int, dict[str, NDArray]]:
     """Check every key, shape and dtype of `params` for the input x; return M and the params as
     arrays (lists of floats converted).
 
