@@ -18,7 +18,6 @@ from skscratch.checkpoint import load_checkpoint
 from skscratch.cli import build_parser
 from skscratch.commands import train_config
 from skscratch.recipe import ConfigError, TrainConfig
-from skscratch.runs import load_run
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 SUMMARIZE = DOCS / "training/summarize.py"
@@ -151,7 +150,8 @@ def test_without_a_recipe_the_options_default_to_the_configuration_s_defaults():
 
 
 def test_the_two_hours_recipe_is_the_recorded_run_s_configuration():
-    *_, recorded = load_run(DOCS / "training/checkpoint.npz", backend="reference")
+    meta = load_checkpoint(DOCS / "training/checkpoint.npz")[0]
+    recorded = TrainConfig.from_dict(meta["train_config"])
     assert config_of("--recipe", "two-hours") == recorded
     assert recorded != TrainConfig()  # the recipe is not the defaults
 
